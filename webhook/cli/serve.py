@@ -1,0 +1,56 @@
+"""``dra-bridge serve [--dev]``: the HTTPS admission server."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from webhook.cli.common import fail
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the HTTPS admission webhook",
+        description="Serves POST /mutate, POST /validate, GET /healthz, /readyz and /metrics over TLS. "
+        "Flags override DRA_BRIDGE_* environment variables.",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="no cluster needed: throwaway certificates in certs/dev/, in-memory cluster state, on 127.0.0.1",
+    )
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--cert-dir", type=Path, help="folder with tls.crt and tls.key (reloaded when they change)")
+    parser.add_argument("--client-ca", type=Path, help="require apiserver client certificates signed by this CA")
+    parser.add_argument("--policies", type=Path, help="folder with catalogue*.yaml and policy files")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from webhook.server import serve
+    from webhook.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.dev:
+        overrides.update(dev=True, host="127.0.0.1")
+    for flag, key in (
+        ("host", "host"),
+        ("port", "port"),
+        ("cert_dir", "cert_dir"),
+        ("client_ca", "client_ca_file"),
+        ("policies", "policies_dir"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as err:
+        return fail(f"bad setting: {err}")
+    serve(settings)
+    return 0

@@ -1,0 +1,109 @@
+"""An in-memory cluster: the embedded default of ``serve --dev`` and the adapter tests use.
+
+It keeps what dra-bridge itself writes (templates) and what a test seeds (namespaces, Pods,
+DeviceClasses), with the same semantics as the real adapter: ``AlreadyExists`` on a second create,
+uid preconditions on delete, copies in and out so callers never share state.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
+from webhook.cluster import AlreadyExists
+
+
+class InMemoryCluster:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._templates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._device_classes: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+
+    # -- seeding (tests and the dev server) --------------------------------------------------
+    def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self._namespaces[name] = dict(labels or {})
+
+    def add_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        with self._lock:
+            self._pods[(meta["namespace"], meta["name"])] = copy.deepcopy(pod)
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._pods.pop((namespace, name), None)
+
+    def add_device_class(self, device_class: dict[str, Any]) -> None:
+        with self._lock:
+            self._device_classes[device_class["metadata"]["name"]] = copy.deepcopy(device_class)
+
+    # -- ClusterPort -------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        return True, "in-memory cluster"
+
+    def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        with self._lock:
+            labels = self._namespaces.get(name)
+            return dict(labels) if labels is not None else None
+
+    def native_extended_resources(self) -> Mapping[str, str]:
+        with self._lock:
+            return {
+                dc["spec"]["extendedResourceName"]: name
+                for name, dc in sorted(self._device_classes.items())
+                if (dc.get("spec") or {}).get("extendedResourceName")
+            }
+
+    def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._templates.get((namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def create_template(self, template: dict[str, Any]) -> dict[str, Any]:
+        meta = template["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if key in self._templates:
+                raise AlreadyExists(f"resourceclaimtemplates {meta['namespace']}/{meta['name']} already exists")
+            stored = copy.deepcopy(template)
+            stored["metadata"]["uid"] = str(uuid.uuid4())
+            stored["metadata"]["creationTimestamp"] = datetime.fromtimestamp(self._clock(), UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+            self._templates[key] = stored
+            self.writes += 1
+            return copy.deepcopy(stored)
+
+    def managed_templates(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                copy.deepcopy(t)
+                for t in self._templates.values()
+                if (t["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+            ]
+
+    def referenced_templates(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return {
+                (ns, claim["resourceClaimTemplateName"])
+                for (ns, _), pod in self._pods.items()
+                for claim in (pod.get("spec") or {}).get("resourceClaims") or []
+                if claim.get("resourceClaimTemplateName")
+            }
+
+    def delete_template(self, namespace: str, name: str, *, uid: str) -> None:
+        with self._lock:
+            found = self._templates.get((namespace, name))
+            if found is not None and found["metadata"]["uid"] == uid:
+                del self._templates[(namespace, name)]
+                self.writes += 1

@@ -1,0 +1,133 @@
+"""The HTTP layer: the only module that knows FastAPI.
+
+It caps the body, checks the content type, decodes the AdmissionReview envelope, echoes the uid,
+times the decision and hands it to the observers (metrics, audit). A malformed request gets 400
+with a message that names what is wrong; an internal failure gets 500 so the cluster's
+failurePolicy decides; user input never causes a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from webhook.admission import Decision
+from webhook.errors import MalformedReview
+from webhook.metrics import Metrics
+from webhook.review import AdmissionRequest, AdmissionReview, review_response
+
+log = logging.getLogger("dra_bridge.http")
+
+DEFAULT_MAX_BODY = 3 * 1024 * 1024  # the apiserver sends objects up to ~1.5 MiB, twice for UPDATE
+Handler = Callable[[AdmissionRequest], Decision]
+Observer = Callable[[Decision, AdmissionRequest, float], None]
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+def create_app(
+    *,
+    mutate: Handler,
+    validate: Handler,
+    metrics: Metrics,
+    readiness: Readiness,
+    observe: Observer | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+) -> FastAPI:
+    app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def review(request: Request, webhook: Literal["mutate", "validate"], handler: Handler) -> Response:
+        started = time.perf_counter()
+        try:
+            admission_request = await _read_review(request, max_body_bytes)
+        except _BadRequest as bad:
+            metrics.rejected_requests.inc(bad.reason)
+            return JSONResponse({"message": bad.message}, status_code=bad.status)
+        try:
+            decision = await run_in_threadpool(handler, admission_request)
+        except MalformedReview as err:
+            metrics.rejected_requests.inc("malformed-review")
+            return JSONResponse({"message": str(err)}, status_code=400)
+        except Exception:
+            log.exception("internal error deciding %s uid=%s", webhook, admission_request.uid)
+            metrics.decisions.inc(webhook, "error", "internal-error")
+            return JSONResponse({"message": "internal error; the webhook's failurePolicy applies"}, status_code=500)
+        elapsed = time.perf_counter() - started
+        metrics.decisions.inc(webhook, decision.outcome, decision.reason)
+        metrics.latency.observe(elapsed, webhook)
+        for conversion in decision.conversions:
+            for legacy_name in conversion.legacy:
+                metrics.conversions.inc(legacy_name)
+        if decision.templates_created:
+            metrics.templates_created.inc(amount=len(decision.templates_created))
+        if observe is not None:
+            observe(decision, admission_request, elapsed)  # the audit record is written before we answer
+        return JSONResponse(review_response(decision.response))
+
+    @app.post("/mutate")
+    async def mutate_endpoint(request: Request) -> Response:
+        return await review(request, "mutate", mutate)
+
+    @app.post("/validate")
+    async def validate_endpoint(request: Request) -> Response:
+        return await review(request, "validate", validate)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready, detail = readiness()
+        metrics.ready.set(value=1.0 if ready else 0.0)
+        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _read_review(request: Request, limit: int) -> AdmissionRequest:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise _BadRequest(400, "content-type", f"Content-Type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BadRequest(413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _BadRequest(400, "malformed-json", f"body is not JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise _BadRequest(400, "malformed-review", "body must be a JSON object (an AdmissionReview)")
+    try:
+        review = AdmissionReview.model_validate(document)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _BadRequest(
+            400, "malformed-review", f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}"
+        ) from None
+    if review.request is None:
+        raise _BadRequest(400, "malformed-review", "AdmissionReview has no request")
+    return review.request

@@ -1,0 +1,179 @@
+"""Wiring: settings -> catalogue, cluster port, engine, HTTP app, TLS server with reload.
+
+``build_runtime`` assembles the parts (tests use it without a socket); ``serve`` runs uvicorn with
+the production settings: TLS 1.2+, certificate reload without restart, graceful drain on SIGTERM,
+template garbage collection in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from webhook.admission import Admission, AdmissionSettings
+from webhook.catalogue import CatalogueIndex, load_catalogue
+from webhook.certs import ensure_dev_certs
+from webhook.cluster import ClusterPort
+from webhook.cluster.memory import InMemoryCluster
+from webhook.http import create_app
+from webhook.metrics import Metrics
+from webhook.settings import Settings
+from webhook.tls import CertificateReloader, server_ssl_context
+
+log = logging.getLogger("dra_bridge.server")
+DEV_CERT_DIR = Path("certs/dev")
+
+
+def catalogue_files(policies_dir: Path) -> list[Path]:
+    """The shipped default first, then every other ``catalogue*.yaml`` in name order."""
+    files = sorted(policies_dir.glob("catalogue*.yaml"))
+    default = policies_dir / "catalogue.yaml"
+    if default not in files:
+        raise FileNotFoundError(f"{default}: the default translation catalogue is missing")
+    return [default, *(f for f in files if f != default)]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    cluster: ClusterPort
+    admission: Admission
+    metrics: Metrics
+    app: FastAPI
+    index: CatalogueIndex
+
+
+def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> Runtime:
+    index = CatalogueIndex(load_catalogue(catalogue_files(settings.policies_dir)))
+    if cluster is None:
+        if not settings.dev:
+            from webhook.cluster.kube import KubeCluster  # the only place the real client is loaded
+
+            cluster = KubeCluster.from_environment(namespace=settings.namespace)
+        else:
+            cluster = InMemoryCluster()
+    metrics = Metrics()
+    admission = Admission(
+        cluster=cluster,
+        catalogue=lambda: index,
+        settings=AdmissionSettings(
+            leave_native=settings.leave_native_extended_resources,
+            require_conversion=settings.require_conversion,
+        ),
+    )
+    port = cluster
+
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        ready, detail = port.ready()
+        return ready, {"cluster": detail, "catalogue": f"{len(index.catalogue.sources)} sources"}
+
+    app = create_app(
+        mutate=admission.mutate,
+        validate=admission.validate,
+        metrics=metrics,
+        readiness=readiness,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return Runtime(settings=settings, cluster=cluster, admission=admission, metrics=metrics, app=app, index=index)
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.dev:
+        ensure_dev_certs(DEV_CERT_DIR)
+        settings = settings.model_copy(update={"cert_dir": DEV_CERT_DIR})
+    runtime = build_runtime(settings)
+    cert_file, key_file = settings.cert_dir / "tls.crt", settings.cert_dir / "tls.key"
+    context = server_ssl_context(cert_file=cert_file, key_file=key_file, client_ca_file=settings.client_ca_file)
+    reloader = CertificateReloader(
+        context,
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=settings.client_ca_file,
+        interval=settings.cert_reload_interval_seconds,
+    )
+
+    server = uvicorn_server(runtime.app, context, host=settings.host, port=settings.port, log_level=settings.log_level)
+    log.info(
+        "dra-bridge serving on https://%s:%d (%s cluster, catalogue from %s)",
+        settings.host,
+        settings.port,
+        "in-memory" if settings.dev else "live",
+        settings.policies_dir,
+    )
+    asyncio.run(_serve(server, runtime, reloader))
+
+
+def uvicorn_server(
+    app: FastAPI, context: ssl.SSLContext, *, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Server:
+    """The production server settings, shared by ``serve``, the HTTP tests and the benchmark."""
+
+    def context_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return context  # uvicorn serves this very object, so the reloader's updates reach new handshakes
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_context_factory=context_factory,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=5,  # keep-alive connections stay pinned to a terminating Pod: keep them short
+        timeout_graceful_shutdown=20,  # SIGTERM: stop accepting, finish in-flight reviews, then exit
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: CertificateReloader) -> None:
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_reload_certs(reloader, runtime.metrics, stop)),
+        asyncio.create_task(_collect_templates(runtime, stop)),
+    ]
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _reload_certs(reloader: CertificateReloader, metrics: Metrics, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=reloader.interval)
+        if reloader.check():
+            metrics.cert_reloads.inc()
+            log.info("serving certificate reloaded; valid until %s", reloader.not_after)
+
+
+async def _collect_templates(runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = runtime.settings
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.template_gc_interval_seconds)
+        if stop.is_set():
+            return
+        try:
+            deleted = await asyncio.to_thread(
+                runtime.admission.templates.collect_garbage, grace_seconds=settings.template_gc_grace_seconds
+            )
+        except Exception:
+            log.exception("template garbage collection failed; retrying next interval")
+            continue
+        if deleted:
+            runtime.metrics.templates_collected.inc(amount=len(deleted))
+            log.info("deleted %d unreferenced ResourceClaimTemplates: %s", len(deleted), deleted)

@@ -1,0 +1,36 @@
+"""Configuration of the server, from flags or ``DRA_BRIDGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def default_policies_dir() -> Path:
+    """``./policies`` when run from a checkout or the image's work dir, else the one beside the package."""
+    local = Path("policies")
+    return local if local.is_dir() else REPO_POLICIES
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRA_BRIDGE_", extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8443, ge=1, le=65535)
+    cert_dir: Path = Path("/etc/dra-bridge/tls")
+    client_ca_file: Path | None = None  # verify the apiserver's client certificate when set
+    policies_dir: Path = Field(default_factory=default_policies_dir)
+    namespace: str = "dra-bridge"  # where policy and catalogue ConfigMaps live
+    max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    template_gc_grace_seconds: float = Field(default=3600.0, ge=0)
+    template_gc_interval_seconds: float = Field(default=300.0, gt=0)
+    cert_reload_interval_seconds: float = Field(default=5.0, gt=0)
+    leave_native_extended_resources: bool = True
+    require_conversion: bool = True
+    dev: bool = False
+    log_level: str = "info"
+    workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
