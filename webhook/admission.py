@@ -26,6 +26,17 @@ MAX_WARNING = 120
 
 
 @dataclass(frozen=True)
+class QuotaFigure:
+    """One quota dimension of a decision: what was asked, what was in use, the limit, who set it."""
+
+    dimension: str  # "devices/<class>", "memory", "compute", "claims", "perPod.memory", ...
+    requested: str
+    used: str
+    limit: str
+    policy: str  # ConfigMap name and version that set the limit
+
+
+@dataclass(frozen=True)
 class Decision:
     """What the webhook decided and why: the response plus the facts metrics and audit need."""
 
@@ -36,6 +47,9 @@ class Decision:
     message: str = ""
     conversions: tuple[Conversion, ...] = ()
     templates_created: tuple[str, ...] = ()
+    tenant: str | None = None
+    quota: tuple[QuotaFigure, ...] = ()
+    policy_version: str | None = None  # the active policy set's version (resourceVersions or a hash)
     extra: dict[str, str] = field(default_factory=dict)
 
 
