@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from webhook.catalogue import CatalogueIndex
+from webhook.catalogue import CATALOGUE_KEY, CATALOGUE_LABEL, CatalogueError, CatalogueIndex, parse_document
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, spec_hash
 from webhook.cluster import ClusterPort
+from webhook.enforcement import QuotaEnforcer, QuotaResult
 from webhook.errors import Denial, MalformedReview, TranslationError
 from webhook.jsonpatch import diff
+from webhook.policy import POLICY_KEY, POLICY_LABEL, PolicyError, PolicySource
 from webhook.review import AdmissionRequest, AdmissionResponse, allowed, denied, patched
 from webhook.rewrite import Conversion, opted_out, rewrite_pod
 from webhook.templates import TemplateProvisioner
@@ -67,11 +69,15 @@ class Admission:
         catalogue: Callable[[], CatalogueIndex],
         settings: AdmissionSettings | None = None,
         provisioner: TemplateProvisioner | None = None,
+        quota: QuotaEnforcer | None = None,
+        catalogue_documents: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._cluster = cluster
         self._catalogue = catalogue
         self._settings = settings or AdmissionSettings()
         self.templates = provisioner or TemplateProvisioner(cluster)
+        self.quota = quota
+        self._catalogue_documents = catalogue_documents or (lambda: [])
 
     # -- mutate ------------------------------------------------------------------------------
     def mutate(self, request: AdmissionRequest) -> Decision:
@@ -122,38 +128,133 @@ class Admission:
             return _allow("validate", request, "not-checked")
         if kind == "Pod" and request.operation == "CREATE":
             return self._validate_pod(request)
+        if kind == "ResourceClaim" and request.operation == "CREATE":
+            return self._validate_claim(request)
         if kind == "ResourceClaimTemplate":
             return self._validate_template(request)
+        if kind == "ConfigMap":
+            return self._validate_configmap(request)
         return _allow("validate", request, "not-checked")
 
     def _validate_pod(self, request: AdmissionRequest) -> Decision:
         pod = _object(request)
-        namespace = request.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
-        if not self._settings.require_conversion or self._skipped(pod, namespace):
+        namespace = _namespace(request, pod)
+        if self._skipped(pod, namespace):
             return _allow("validate", request, "opt-out")
-        native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
-        plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
-        if plan.changed:
-            names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
-            raise Unconverted(
-                f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA claims; "
-                "the mutating webhook did not run. Retry, or label the Pod dra-bridge.io/ignore=true to keep them"
-            )
-        return _allow("validate", request, "no-legacy-request")
+        if self._settings.require_conversion:
+            native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
+            plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
+            if plan.changed:
+                names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
+                raise Unconverted(
+                    f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA "
+                    "claims; the mutating webhook did not run. Retry, or label the Pod dra-bridge.io/ignore=true "
+                    "to keep them"
+                )
+        if self.quota is None:
+            return _allow("validate", request, "no-legacy-request")
+        specs = []
+        for claim in (pod.get("spec") or {}).get("resourceClaims") or []:
+            name = claim.get("resourceClaimTemplateName")
+            template = self._cluster.get_template(namespace, name) if name else None
+            if template is not None:
+                specs.append((template.get("spec") or {}).get("spec") or {})
+        result = self.quota.check_static(
+            namespace=namespace, claim_specs=specs, scope="pod", rule_input=_rule_base(request, pod=pod)
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _validate_claim(self, request: AdmissionRequest) -> Decision:
+        claim = _object(request)
+        if self.quota is None:
+            return _allow("validate", request, "no-policy")
+        result = self.quota.check_claim(
+            namespace=_namespace(request, claim),
+            claim_spec=claim.get("spec") or {},
+            rule_input=_rule_base(request, claim=claim),
+            dry_run=request.dry_run,
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
 
     def _validate_template(self, request: AdmissionRequest) -> Decision:
         template = _object(request)
         labels = (template.get("metadata") or {}).get("labels") or {}
-        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
-            return _allow("validate", request, "not-managed")
         claim_spec = (template.get("spec") or {}).get("spec") or {}
-        if labels.get(SPEC_HASH_LABEL) != spec_hash(claim_spec):
+        if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SPEC_HASH_LABEL) != spec_hash(claim_spec):
             raise TemplateTampered(
                 f"ResourceClaimTemplate {request.namespace}/{request.object_name} is managed by dra-bridge and named "
                 "after its content; its spec cannot differ from its dra-bridge.io/spec-hash label. "
                 "Remove the app.kubernetes.io/managed-by label to manage it yourself"
             )
-        return _allow("validate", request, "managed-template-intact")
+        if self.quota is None:
+            return _allow("validate", request, "no-policy")
+        result = self.quota.check_static(
+            namespace=_namespace(request, template),
+            claim_specs=[claim_spec],
+            scope="template",
+            rule_input=_rule_base(request, claim={"metadata": template.get("metadata") or {}, "spec": claim_spec}),
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _validate_configmap(self, request: AdmissionRequest) -> Decision:
+        """Policy and catalogue ConfigMaps are refused when the admin saves a malformed one."""
+        configmap = _object(request)
+        meta = configmap.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        data = configmap.get("data") or {}
+        name = request.name or str(meta.get("name", ""))
+        if labels.get(POLICY_LABEL) == "true":
+            if POLICY_KEY not in data:
+                raise InvalidPolicy(f"ConfigMap {name}: a policy ConfigMap needs the data key {POLICY_KEY!r}")
+            if self.quota is not None:
+                try:
+                    self.quota.policies.validate(PolicySource(name=name, version="proposed"), str(data[POLICY_KEY]))
+                except PolicyError as err:
+                    raise InvalidPolicy(f"policy rejected: {err}") from None
+            return _allow("validate", request, "policy-valid")
+        if labels.get(CATALOGUE_LABEL) == "true":
+            if CATALOGUE_KEY not in data:
+                raise InvalidPolicy(f"ConfigMap {name}: a catalogue ConfigMap needs the data key {CATALOGUE_KEY!r}")
+            from webhook.catalogue import build_catalogue
+
+            try:
+                proposed = parse_document(str(data[CATALOGUE_KEY]), origin=f"ConfigMap {name}")
+                build_catalogue([*self._catalogue_documents(), proposed])
+            except CatalogueError as err:
+                raise InvalidPolicy(f"catalogue rejected: {err}") from None
+            return _allow("validate", request, "catalogue-valid")
+        return _allow("validate", request, "not-checked")
+
+    def _quota_decision(self, request: AdmissionRequest, result: QuotaResult, *, allowed_reason: str) -> Decision:
+        figures = tuple(
+            QuotaFigure(dimension=f.dimension, requested=f.requested, used=f.used, limit=f.limit, policy=f.policy)
+            for f in result.figures
+        )
+        tenant = result.tenant.name if result.tenant else None
+        if result.denied:
+            audit = {"denied": "quota-exceeded", "tenant": tenant or ""}
+            first = result.denied[0]
+            audit["quota"] = f"{first.dimension} requested={first.requested} used={first.used} limit={first.limit}"
+            return Decision(
+                webhook="validate",
+                response=denied(request.uid, result.message, reason="Forbidden", code=403, audit=audit),
+                outcome="denied",
+                reason="quota-exceeded",
+                message=result.message,
+                tenant=tenant,
+                quota=figures,
+                policy_version=result.policy_version,
+            )
+        reason = allowed_reason if result.tenant is not None else "no-tenant-policy"
+        return Decision(
+            webhook="validate",
+            response=allowed(request.uid),
+            outcome="allowed",
+            reason=reason,
+            tenant=tenant,
+            quota=figures,
+            policy_version=result.policy_version,
+        )
 
 
 class Unconverted(Denial):
@@ -164,6 +265,40 @@ class Unconverted(Denial):
 class TemplateTampered(Denial):
     reason = "Forbidden"
     code = 403
+
+
+class InvalidPolicy(Denial):
+    reason = "Invalid"
+    code = 422
+
+
+def _namespace(request: AdmissionRequest, obj: dict[str, Any]) -> str:
+    return request.namespace or (obj.get("metadata") or {}).get("namespace") or "default"
+
+
+def _rule_base(
+    request: AdmissionRequest, *, pod: dict[str, Any] | None = None, claim: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The variables a CEL rule sees besides ``tenant``: the claim, the Pod, the request."""
+    claim_view = {}
+    if claim is not None:
+        meta = claim.get("metadata") or {}
+        claim_view = {
+            "name": meta.get("name") or meta.get("generateName") or "",
+            "labels": meta.get("labels") or {},
+            "spec": claim.get("spec") or {},
+        }
+    return {
+        "claim": claim_view,
+        "pod": pod,
+        "request": {
+            "user": request.user_info.username,
+            "groups": list(request.user_info.groups),
+            "namespace": request.namespace,
+            "operation": request.operation,
+            "kind": request.kind.kind,
+        },
+    }
 
 
 def _object(request: AdmissionRequest) -> dict[str, Any]:

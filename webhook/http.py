@@ -74,7 +74,15 @@ def create_app(
         if decision.templates_created:
             metrics.templates_created.inc(amount=len(decision.templates_created))
         if observe is not None:
-            observe(decision, admission_request, elapsed)  # the audit record is written before we answer
+            try:
+                observe(decision, admission_request, elapsed)  # the audit record is written before we answer
+            except Exception:
+                log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
+                metrics.decisions.inc(webhook, "error", "audit-write-failed")
+                return JSONResponse(
+                    {"message": "the decision could not be recorded; the webhook's failurePolicy applies"},
+                    status_code=500,
+                )
         return JSONResponse(review_response(decision.response))
 
     @app.post("/mutate")

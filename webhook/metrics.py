@@ -112,6 +112,9 @@ class Metrics:
         )
         self.ready = Gauge("dra_bridge_ready", "1 when caches and policies have synced.")
         self.cert_reloads = Counter("dra_bridge_certificate_reloads_total", "Serving certificate reloads.")
+        self.policy_errors = Gauge(
+            "dra_bridge_policy_errors", "Policy ConfigMaps rejected at load (the last good version stays active)."
+        )
 
     def render(self) -> str:
         lines: list[str] = []

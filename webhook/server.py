@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 from fastapi import FastAPI
 
 from webhook.admission import Admission, AdmissionSettings
-from webhook.catalogue import CatalogueIndex, load_catalogue
+from webhook.catalogue_store import CatalogueStore
 from webhook.certs import ensure_dev_certs
 from webhook.cluster import ClusterPort
 from webhook.cluster.memory import InMemoryCluster
+from webhook.enforcement import QuotaEnforcer
 from webhook.http import create_app
 from webhook.metrics import Metrics
 from webhook.settings import Settings
@@ -49,32 +51,45 @@ class Runtime:
     admission: Admission
     metrics: Metrics
     app: FastAPI
-    index: CatalogueIndex
+    catalogue: CatalogueStore
+    quota: QuotaEnforcer
+
+
+def policy_files(policies_dir: Path) -> list[Path]:
+    """Quota policy ConfigMaps shipped as files (``quota*.yaml``), loaded by the embedded default."""
+    return sorted(policies_dir.glob("quota*.yaml"))
 
 
 def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> Runtime:
-    index = CatalogueIndex(load_catalogue(catalogue_files(settings.policies_dir)))
+    catalogue = CatalogueStore(catalogue_files(settings.policies_dir))
     if cluster is None:
         if not settings.dev:
             from webhook.cluster.kube import KubeCluster  # the only place the real client is loaded
 
             cluster = KubeCluster.from_environment(namespace=settings.namespace)
         else:
-            cluster = InMemoryCluster()
+            cluster = dev_cluster(settings.policies_dir)
     metrics = Metrics()
+    quota = QuotaEnforcer(cluster=cluster, catalogue=lambda: catalogue.index.catalogue)
+    quota.attach()
+    cluster.watch("catalogue-configmaps", catalogue.on_configmap)
     admission = Admission(
         cluster=cluster,
-        catalogue=lambda: index,
+        catalogue=lambda: catalogue.index,
         settings=AdmissionSettings(
             leave_native=settings.leave_native_extended_resources,
             require_conversion=settings.require_conversion,
         ),
+        quota=quota,
+        catalogue_documents=catalogue.documents,
     )
-    port = cluster
 
     def readiness() -> tuple[bool, dict[str, Any]]:
-        ready, detail = port.ready()
-        return ready, {"cluster": detail, "catalogue": f"{len(index.catalogue.sources)} sources"}
+        ready, detail = quota.ready()
+        metrics.policy_errors.set(value=float(len(detail.get("policyErrors", {}))))
+        if catalogue.errors:
+            detail["catalogueErrors"] = catalogue.errors
+        return ready, detail
 
     app = create_app(
         mutate=admission.mutate,
@@ -83,7 +98,25 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> 
         readiness=readiness,
         max_body_bytes=settings.max_body_bytes,
     )
-    return Runtime(settings=settings, cluster=cluster, admission=admission, metrics=metrics, app=app, index=index)
+    return Runtime(
+        settings=settings,
+        cluster=cluster,
+        admission=admission,
+        metrics=metrics,
+        app=app,
+        catalogue=catalogue,
+        quota=quota,
+    )
+
+
+def dev_cluster(policies_dir: Path) -> InMemoryCluster:
+    """The embedded default's cluster: in memory, seeded with the example policy ConfigMaps."""
+    cluster = InMemoryCluster()
+    for path in policy_files(policies_dir):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if isinstance(document, dict) and document.get("kind") == "ConfigMap":
+                cluster.put_configmap(document)
+    return cluster
 
 
 def serve(settings: Settings) -> None:
@@ -137,6 +170,7 @@ def uvicorn_server(
 
 async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: CertificateReloader) -> None:
     stop = asyncio.Event()
+    runtime.cluster.start()  # caches sync in the background; /readyz stays false until they have
     tasks = [
         asyncio.create_task(_reload_certs(reloader, runtime.metrics, stop)),
         asyncio.create_task(_collect_templates(runtime, stop)),
@@ -145,6 +179,7 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
         await server.serve()
     finally:
         stop.set()
+        runtime.cluster.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

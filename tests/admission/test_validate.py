@@ -55,4 +55,4 @@ def test_unmanaged_template_is_not_checked(admission: Admission) -> None:
         "metadata": {"name": "t"},
         "spec": {"spec": {}},
     }
-    assert admission.validate(request(template, kind="ResourceClaimTemplate")).reason == "not-managed"
+    assert admission.validate(request(template, kind="ResourceClaimTemplate")).reason == "no-policy"

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import POLICIES
 from webhook.certs import ensure_dev_certs
 from webhook.cluster.memory import InMemoryCluster
-from webhook.server import Runtime, build_runtime, uvicorn_server
+from webhook.server import Runtime, build_runtime, dev_cluster, uvicorn_server
 from webhook.settings import Settings
 from webhook.tls import server_ssl_context
 
@@ -42,7 +42,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     certs = ensure_dev_certs(tmp_path_factory.mktemp("certs"))
-    cluster = InMemoryCluster()
+    cluster = dev_cluster(POLICIES)  # what `serve --dev` runs: the example policies loaded
     cluster.add_namespace("team-a")
     settings = Settings(dev=True, policies_dir=POLICIES, max_body_bytes=64 * 1024)
     runtime = build_runtime(settings, cluster=cluster)

@@ -114,3 +114,29 @@ def test_plain_http_is_refused(live_server: LiveServer) -> None:
 def test_server_certificate_is_checked(live_server: LiveServer) -> None:
     with pytest.raises((httpx.ConnectError, ssl.SSLError)):
         httpx.get(live_server.url + "/healthz", verify=True, timeout=5)  # the system store does not know the dev CA
+
+
+def test_quota_denial_from_the_example_policy(live_server: LiveServer) -> None:
+    """The README's curl: a claim for two whole GPUs in a namespace with the default limits."""
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "two-gpus", "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]}},
+    }
+    with live_server.client() as client:
+        answer = client.post("/validate", json=review(claim, kind="ResourceClaim", namespace="default")).json()["response"]
+    assert answer["allowed"] is False and answer["status"]["code"] == 403
+    assert answer["status"]["message"] == (
+        "tenant namespace:default (default limits): devices per claim: requested 2, in use 0, limit 1: "
+        "over by 1 [policy gpu-quota-example@1]; "
+        "tenant namespace:default (default limits): memory: requested 160Gi, in use 0, limit 48Gi: "
+        "over by 112Gi [policy gpu-quota-example@1]"
+    )
+    assert answer["auditAnnotations"]["tenant"] == "namespace:default"
+
+
+def test_readyz_reports_the_policy_version(live_server: LiveServer) -> None:
+    with live_server.client() as client:
+        body = client.get("/readyz").json()
+    assert body["ready"] is True and body["policyVersion"] == "gpu-quota-example@1"

@@ -8,8 +8,16 @@ module that imports it). Reads on the request path come from caches, never from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+EventHandler = Callable[[EventType, dict[str, Any]], None]
+# What the port can watch for its consumers (the quota engine, the policy and catalogue stores):
+#   resourceclaims       every ResourceClaim in the cluster
+#   policy-configmaps    ConfigMaps in the webhook's namespace labelled dra-bridge.io/policy=true
+#   catalogue-configmaps ConfigMaps in the webhook's namespace labelled dra-bridge.io/catalogue=true
+Source = Literal["resourceclaims", "policy-configmaps", "catalogue-configmaps"]
 
 
 class AlreadyExists(Exception):
@@ -17,8 +25,25 @@ class AlreadyExists(Exception):
 
 
 class ClusterPort(Protocol):
+    def watch(self, source: Source, handler: EventHandler) -> None:
+        """Register ``handler`` for a source, before ``start``: it receives the initial list as ADDED
+        events, then every change. Handlers run on the port's watch thread and must be quick."""
+
+    def start(self) -> None:
+        """Start the caches and watches (no-op for adapters without any)."""
+
+    def stop(self) -> None:
+        """Stop them."""
+
     def ready(self) -> tuple[bool, str]:
         """Whether every cache has synced, and a short detail for ``/readyz``."""
+
+    def namespaces(self) -> Mapping[str, Mapping[str, str]]:
+        """Every Namespace's labels, from cache; ``generation`` changes when any of them does."""
+
+    @property
+    def namespace_generation(self) -> int:
+        """A counter that changes whenever a Namespace or its labels change."""
 
     def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         """Labels of a Namespace, ``None`` when unknown."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
-from webhook.cluster import AlreadyExists
+from webhook.cluster import AlreadyExists, EventHandler, EventType, Source
 
 
 class InMemoryCluster:
@@ -27,12 +27,54 @@ class InMemoryCluster:
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._device_classes: dict[str, dict[str, Any]] = {}
+        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self._configmaps: dict[str, dict[str, Any]] = {}
+        self._handlers: dict[Source, list[EventHandler]] = {}
+        self._namespace_generation = 0
         self.writes = 0
 
     # -- seeding (tests and the dev server) --------------------------------------------------
     def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
         with self._lock:
             self._namespaces[name] = dict(labels or {})
+            self._namespace_generation += 1
+
+    def add_claim(self, claim: dict[str, Any]) -> None:
+        meta = claim["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            event: EventType = "MODIFIED" if key in self._claims else "ADDED"
+            self._claims[key] = copy.deepcopy(claim)
+        self._emit("resourceclaims", event, claim)
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        with self._lock:
+            claim = self._claims.pop((namespace, name), None)
+        if claim is not None:
+            self._emit("resourceclaims", "DELETED", claim)
+
+    def put_configmap(self, configmap: dict[str, Any]) -> None:
+        """Create or replace a ConfigMap; a policy or catalogue label routes it to its watchers."""
+        name = configmap["metadata"]["name"]
+        with self._lock:
+            event: EventType = "MODIFIED" if name in self._configmaps else "ADDED"
+            stored = copy.deepcopy(configmap)
+            stored["metadata"]["resourceVersion"] = str(self.writes + 1)
+            self.writes += 1
+            self._configmaps[name] = stored
+        for source in _configmap_sources(stored):
+            self._emit(source, event, stored)
+
+    def delete_configmap(self, name: str) -> None:
+        with self._lock:
+            configmap = self._configmaps.pop(name, None)
+        if configmap is not None:
+            for source in _configmap_sources(configmap):
+                self._emit(source, "DELETED", configmap)
+
+    def _emit(self, source: Source, event: EventType, obj: dict[str, Any]) -> None:
+        for handler in list(self._handlers.get(source, ())):
+            handler(event, copy.deepcopy(obj))
 
     def add_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -48,8 +90,32 @@ class InMemoryCluster:
             self._device_classes[device_class["metadata"]["name"]] = copy.deepcopy(device_class)
 
     # -- ClusterPort -------------------------------------------------------------------------
+    def watch(self, source: Source, handler: EventHandler) -> None:
+        self._handlers.setdefault(source, []).append(handler)
+        with self._lock:
+            if source == "resourceclaims":
+                existing = list(self._claims.values())
+            else:
+                existing = [c for c in self._configmaps.values() if source in _configmap_sources(c)]
+        for obj in existing:
+            handler("ADDED", copy.deepcopy(obj))
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
     def ready(self) -> tuple[bool, str]:
         return True, "in-memory cluster"
+
+    def namespaces(self) -> Mapping[str, Mapping[str, str]]:
+        with self._lock:
+            return {name: dict(labels) for name, labels in self._namespaces.items()}
+
+    @property
+    def namespace_generation(self) -> int:
+        return self._namespace_generation
 
     def namespace_labels(self, name: str) -> Mapping[str, str] | None:
         with self._lock:
@@ -107,3 +173,13 @@ class InMemoryCluster:
             if found is not None and found["metadata"]["uid"] == uid:
                 del self._templates[(namespace, name)]
                 self.writes += 1
+
+
+def _configmap_sources(configmap: Mapping[str, Any]) -> list[Source]:
+    labels = (configmap.get("metadata") or {}).get("labels") or {}
+    out: list[Source] = []
+    if labels.get("dra-bridge.io/policy") == "true":
+        out.append("policy-configmaps")
+    if labels.get("dra-bridge.io/catalogue") == "true":
+        out.append("catalogue-configmaps")
+    return out

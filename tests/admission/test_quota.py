@@ -1,0 +1,314 @@
+"""Quota through the engine: claims, templates, Pods, policy ConfigMaps, races, reloads."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import yaml
+
+from tests.admission.helpers import request
+from tests.conftest import POLICIES, container, pod
+from webhook.admission import Admission
+from webhook.catalogue import CatalogueIndex
+from webhook.cluster.memory import InMemoryCluster
+from webhook.enforcement import QuotaEnforcer
+from webhook.rewrite import rewrite_pod
+
+GPU_CLASS = "whole.nvidia.dra-bridge.io"
+
+
+def policy_configmap(body: dict[str, Any], name: str = "gpu-quota") -> dict[str, Any]:
+    document = {"apiVersion": "dra-bridge.io/v1alpha1", "kind": "QuotaPolicy", **body}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "dra-bridge", "labels": {"dra-bridge.io/policy": "true"}},
+        "data": {"policy.yaml": yaml.safe_dump(document)},
+    }
+
+
+def claim(name: str, *, namespace: str = "ml-research", count: int = 1, device_class: str = GPU_CLASS, capacity: dict[str, str] | None = None) -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": device_class, "count": count}
+    if capacity:
+        exactly["capacity"] = {"requests": capacity}
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
+    }
+
+
+class Env:
+    def __init__(self, index: CatalogueIndex, policy: dict[str, Any] | None = None, clock: list[float] | None = None) -> None:
+        self.cluster = InMemoryCluster()
+        for ns in ("ml-research", "data-science", "sandbox"):
+            self.cluster.add_namespace(ns)
+        self.cluster.add_namespace("serving", {"dra-bridge.io/tenant": "inference"})
+        self.quota = QuotaEnforcer(cluster=self.cluster, catalogue=lambda: index.catalogue)
+        if clock is not None:
+            self.quota.ledger.clock = lambda: clock[0]
+        self.quota.attach()
+        if policy is not None:
+            self.cluster.put_configmap(policy_configmap(policy))
+        self.admission = Admission(cluster=self.cluster, catalogue=lambda: index, quota=self.quota)
+
+    def create_claim(self, obj: dict[str, Any], **kw: Any) -> Any:
+        """What the apiserver does: ask the webhook, then store the claim if allowed."""
+        decision = self.admission.validate(request(obj, kind="ResourceClaim", namespace=obj["metadata"]["namespace"], **kw))
+        if decision.outcome == "allowed" and not kw.get("dry_run"):
+            self.cluster.add_claim(obj)
+        return decision
+
+
+RESEARCH = {
+    "classes": {GPU_CLASS: {"memory": "80Gi"}},
+    "tenants": [
+        {
+            "name": "research",
+            "namespaces": ["ml-research", "data-science"],
+            "limits": {"devices": {"whole.*": 4}, "memory": "400Gi", "claims": 10, "perClaim": {"devices": 3}, "perPod": {"devices": 3}},
+        },
+        {"name": "inference", "limits": {"memory": "8Gi"}, "allowedClasses": ["shared.*"]},
+    ],
+    "tenantLabel": "dra-bridge.io/tenant",
+    "default": {"limits": {"devices": {"*": 1}}},
+}
+
+
+def test_within_quota_is_allowed_with_figures(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    decision = env.create_claim(claim("a", count=2))
+    assert decision.outcome == "allowed" and decision.tenant == "research"
+    dims = {f.dimension: f for f in decision.quota}
+    assert dims["devices/whole.*"].requested == "2" and dims["devices/whole.*"].limit == "4"
+    assert dims["memory"].requested == "160Gi"
+    assert decision.policy_version == "gpu-quota@1"
+
+
+def test_denial_says_who_what_and_by_how_much(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    assert env.create_claim(claim("a", count=3)).outcome == "allowed"
+    decision = env.create_claim(claim("b", namespace="data-science", count=2))  # same tenant, other namespace
+    assert decision.outcome == "denied" and decision.reason == "quota-exceeded"
+    status = decision.response.status
+    assert status is not None and status.code == 403
+    assert status.message == (
+        "tenant research: devices/whole.*: requested 2, in use 3, limit 4: over by 1 [policy gpu-quota@1]"
+    )
+    assert decision.response.audit_annotations == {
+        "denied": "quota-exceeded",
+        "tenant": "research",
+        "quota": "devices/whole.* requested=2 used=3 limit=4",
+    }
+
+
+def test_per_claim_maximum_and_memory(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    decision = env.create_claim(claim("big", count=4))
+    assert decision.outcome == "denied"
+    assert "perClaim.devices" not in decision.message  # the message uses plain words
+    assert "devices per claim: requested 4, in use 0, limit 3: over by 1" in decision.message
+
+
+def test_memory_quota_counts_capacity_requests(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    shared = "shared.hami-core.dra-bridge.io"
+    assert env.create_claim(claim("s1", namespace="serving", device_class=shared, capacity={"memory": "6Gi"})).outcome == "allowed"
+    decision = env.create_claim(claim("s2", namespace="serving", device_class=shared, capacity={"memory": "4Gi"}))
+    assert decision.outcome == "denied"
+    assert "tenant inference: memory: requested 4Gi, in use 6Gi, limit 8Gi: over by 2Gi" in decision.message
+
+
+def test_allowed_classes(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    decision = env.create_claim(claim("w", namespace="serving"))
+    assert decision.outcome == "denied"
+    assert "DeviceClass whole.nvidia.dra-bridge.io is not allowed (allowed: shared.*)" in decision.message
+
+
+def test_default_limits_apply_per_namespace(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    assert env.create_claim(claim("a", namespace="sandbox")).outcome == "allowed"
+    decision = env.create_claim(claim("b", namespace="sandbox"))
+    assert decision.outcome == "denied" and decision.tenant == "namespace:sandbox"
+    assert "tenant namespace:sandbox (default limits)" in decision.message
+
+
+def test_no_policy_means_no_quota(index: CatalogueIndex) -> None:
+    env = Env(index, None)
+    decision = env.create_claim(claim("a", count=30))
+    assert decision.outcome == "allowed" and decision.reason == "no-tenant-policy"
+
+
+def test_deletion_releases_usage(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    for name in ("a", "b"):
+        assert env.create_claim(claim(name, count=2)).outcome == "allowed"
+    assert env.create_claim(claim("c")).outcome == "denied"
+    env.cluster.delete_claim("ml-research", "a")
+    assert env.create_claim(claim("c")).outcome == "allowed"
+
+
+def test_dry_run_is_checked_but_never_charged(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    for _ in range(5):
+        assert env.create_claim(claim("d", count=3), dry_run=True).outcome == "allowed"
+    assert env.quota.ledger.reservation_count == 0
+    assert env.create_claim(claim("real", count=3)).outcome == "allowed"
+
+
+def test_reservation_expires_when_the_claim_never_appears(index: CatalogueIndex) -> None:
+    now = [0.0]
+    env = Env(index, RESEARCH, clock=now)
+    decision = env.admission.validate(request(claim("ghost", count=3), kind="ResourceClaim", namespace="ml-research"))
+    assert decision.outcome == "allowed"  # reserved, but never stored (another plugin refused it)
+    assert env.create_claim(claim("x", count=2)).outcome == "denied"
+    now[0] += 31
+    assert env.create_claim(claim("x", count=2)).outcome == "allowed"
+
+
+def test_reservation_is_confirmed_not_double_counted(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    assert env.create_claim(claim("a", count=2)).outcome == "allowed"
+    assert env.quota.ledger.reservation_count == 0  # the claim appeared: its reservation became usage
+    assert env.create_claim(claim("b", count=2)).outcome == "allowed"
+
+
+def test_parallel_admissions_racing_for_the_last_units_admit_exactly_what_fits(index: CatalogueIndex) -> None:
+    policy = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 10}, "claims": 1000}}]}
+    env = Env(index, policy)
+    for i in range(7):
+        assert env.create_claim(claim(f"pre-{i}")).outcome == "allowed"  # 3 units left
+    barrier = threading.Barrier(24)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def contender(i: int) -> None:
+        barrier.wait()
+        decision = env.admission.validate(request(claim(f"race-{i}"), kind="ResourceClaim", namespace="ml-research", uid=f"u{i}"))
+        with lock:
+            outcomes.append(decision.outcome)
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert outcomes.count("allowed") == 3 and outcomes.count("denied") == 21
+
+
+def test_template_static_checks(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    template = rewrite_pod(pod(container(limits={"nvidia.com/gpu": "4"})), index=index, namespace="ml-research").templates[0]
+    decision = env.admission.validate(request(template, kind="ResourceClaimTemplate", namespace="ml-research"))
+    assert decision.outcome == "denied" and "devices per claim: requested 4" in decision.message
+    small = rewrite_pod(pod(container(limits={"nvidia.com/gpu": "1"})), index=index, namespace="ml-research").templates[0]
+    assert env.admission.validate(request(small, kind="ResourceClaimTemplate", namespace="ml-research")).outcome == "allowed"
+
+
+def test_pod_is_checked_for_the_claims_its_templates_will_produce(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    assert env.create_claim(claim("held", count=3)).outcome == "allowed"
+    legacy = pod(container("train", limits={"nvidia.com/gpu": "2"}))
+    legacy["metadata"]["namespace"] = "ml-research"
+    mutated = env.admission.mutate(request(legacy, namespace="ml-research"))
+    assert mutated.outcome == "patched"
+    plan = rewrite_pod(legacy, index=index, namespace="ml-research")
+    decision = env.admission.validate(request(plan.pod, namespace="ml-research"))
+    assert decision.outcome == "denied"
+    assert "tenant research: devices/whole.*: requested 2, in use 3, limit 4: over by 1" in decision.message
+
+
+def test_pod_per_pod_maximum(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    two = pod(container("a", limits={"nvidia.com/gpu": "2"}), initContainers=[container("b", limits={"nvidia.com/gpu": "2"})])
+    plan = rewrite_pod(two, index=index, namespace="ml-research")
+    for template in plan.templates:
+        env.cluster.create_template(template)
+    decision = env.admission.validate(request(plan.pod, namespace="ml-research"))
+    assert decision.outcome == "denied" and "devices per Pod: requested 4" in decision.message
+
+
+def test_cel_rule_with_its_own_message(index: CatalogueIndex) -> None:
+    policy = {
+        "tenants": [
+            {
+                "name": "research",
+                "namespaces": ["ml-research"],
+                "rules": [
+                    {"name": "max-two", "expression": "claim.charge.totalDevices <= 2 || request.user == 'admin'", "message": "at most two GPUs per claim unless you are admin"},
+                    {"name": "broken", "expression": "claim.spec.devices.requests.all(r, r.exactly.count < 100)", "message": "never fails"},
+                ],
+            }
+        ]
+    }
+    env = Env(index, policy)
+    decision = env.create_claim(claim("big", count=3))
+    assert decision.outcome == "denied"
+    assert "tenant research: rule max-two: at most two GPUs per claim unless you are admin [policy gpu-quota@1]" in decision.message
+    ok = env.admission.validate(request(claim("big2", count=3), kind="ResourceClaim", namespace="ml-research").model_copy(update={"user_info": request(None).user_info.model_copy(update={"username": "admin"})}))
+    assert ok.outcome == "allowed"
+    first_available = claim("fa")
+    request_spec = first_available["spec"]["devices"]["requests"][0]
+    request_spec["firstAvailable"] = [dict(request_spec.pop("exactly"), name="x")]
+    failing = env.create_claim(first_available)  # no 'exactly': the rule errors, and fails closed
+    assert failing.outcome == "denied" and "rule broken could not be evaluated" in failing.message
+
+
+def test_policy_configmap_edit_takes_effect_and_bad_edit_keeps_last_good(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    assert env.create_claim(claim("a", count=3)).outcome == "allowed"
+    assert env.create_claim(claim("b", count=2)).outcome == "denied"
+    raised = {**RESEARCH, "tenants": [{**RESEARCH["tenants"][0], "limits": {"devices": {"whole.*": 8}}}]}  # type: ignore[index,dict-item]
+    env.cluster.put_configmap(policy_configmap(raised))
+    assert env.create_claim(claim("b", count=2)).outcome == "allowed"
+    broken = policy_configmap(raised)
+    broken["data"]["policy.yaml"] = "apiVersion: dra-bridge.io/v1alpha1\nkind: QuotaPolicy\ntenants: [{name: research, limits: {memory: lots}}]"
+    env.cluster.put_configmap(broken)
+    ready, detail = env.quota.ready()
+    assert ready and "gpu-quota" in detail["policyErrors"]
+    assert "limits.memory" in detail["policyErrors"]["gpu-quota"]
+    assert env.create_claim(claim("c", count=3)).outcome == "allowed"  # the last good (8 devices) still applies
+    assert env.create_claim(claim("d", count=1)).outcome == "denied"
+
+
+def test_malformed_policy_configmap_is_refused_at_save(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    broken = policy_configmap({"tenants": [{"name": "x", "rules": [{"name": "r", "expression": "claim.>", "message": "m"}]}]}, name="other")
+    decision = env.admission.validate(request(broken, kind="ConfigMap", namespace="dra-bridge"))
+    assert decision.outcome == "denied" and decision.response.status is not None and decision.response.status.code == 422
+    assert "other: tenants[x].rules[r].expression: does not parse" in decision.message
+    clash = policy_configmap({"tenants": [{"name": "research"}]}, name="other")
+    assert "tenant 'research' is already defined in gpu-quota" in env.admission.validate(request(clash, kind="ConfigMap", namespace="dra-bridge")).message
+    assert env.admission.validate(request(policy_configmap(RESEARCH), kind="ConfigMap", namespace="dra-bridge")).outcome == "allowed"
+
+
+def test_malformed_catalogue_configmap_is_refused_at_save(index: CatalogueIndex) -> None:
+    env = Env(index, None)
+    catalogue_cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "catalogue-extra", "labels": {"dra-bridge.io/catalogue": "true"}},
+        "data": {"catalogue.yaml": "apiVersion: dra-bridge.io/v1alpha1\nkind: TranslationCatalogue\nsources: [{name: x, target: nowhere}]"},
+    }
+    from webhook.catalogue import parse_document
+
+    env.admission = Admission(
+        cluster=env.cluster,
+        catalogue=lambda: index,
+        quota=env.quota,
+        catalogue_documents=lambda: [parse_document((POLICIES / "catalogue.yaml").read_text(), origin="default")],
+    )
+    decision = env.admission.validate(request(catalogue_cm, kind="ConfigMap", namespace="dra-bridge"))
+    assert decision.outcome == "denied" and "sources[x].target: unknown target 'nowhere'" in decision.message
+
+
+def test_namespace_relabel_moves_usage_to_the_new_tenant(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    env.cluster.add_namespace("lab", {"dra-bridge.io/tenant": "research"})
+    assert env.create_claim(claim("a", namespace="lab", count=3)).outcome == "allowed"
+    assert env.create_claim(claim("b", count=2)).outcome == "denied"  # lab's usage counts for research
+    env.cluster.add_namespace("lab", {})
+    assert env.create_claim(claim("b", count=1)).outcome == "allowed"

@@ -1,0 +1,183 @@
+"""``dra-bridge policy``: check policy files before saving them; see tenants' usage against limits.
+
+``policy check FILE...`` validates the schema, compiles every CEL rule and refuses references to
+DeviceClasses nobody defines (the catalogue's unified classes, plus any listed with
+``--classes-from``, e.g. the output of ``kubectl get deviceclasses -o yaml``).
+
+``policy usage`` reads the live cluster (kubeconfig), waits for the caches to sync and prints each
+tenant's limits against its current usage; ``--policies DIR`` uses the policy files there instead of
+the cluster's ConfigMaps (for a dry run of a change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.catalogue import DEVICE_KINDS, CatalogueError, CatalogueIndex
+from webhook.charge import ZERO
+from webhook.cli.common import add_policies_flag, fail, load_index
+from webhook.cluster import ClusterPort
+from webhook.enforcement import QuotaEnforcer
+from webhook.policy import PolicyError, PolicySet, PolicySource, Tenant, build_policy_set, parse_policy_document
+from webhook.quantity import format_quantity, round_up
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("policy", help="check policy files; show tenants' usage against their limits")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="validate policy files (schema, CEL, DeviceClass references)")
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--classes-from", action="append", type=Path, default=[], help="YAML with more DeviceClasses")
+    add_policies_flag(check)
+    check.set_defaults(run=run_check)
+    usage = actions.add_parser("usage", help="each tenant's limits against its live usage")
+    usage.add_argument("--tenant", help="only this tenant")
+    usage.add_argument("--namespace", default="dra-bridge", help="where the policy ConfigMaps live")
+    usage.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the caches to sync")
+    usage.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_policies_flag(usage)
+    usage.set_defaults(run=run_usage)
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        index = load_index(args)
+        known = known_classes(index, extra=args.classes_from)
+    except (CatalogueError, OSError, yaml.YAMLError) as err:
+        return fail(str(err))
+    documents = []
+    problems: list[str] = []
+    for path in args.files:
+        try:
+            text = path.read_text(encoding="utf-8")
+            documents.append((PolicySource(name=str(path), version="file"), parse_policy_document(text, origin=str(path))))
+        except (OSError, PolicyError) as err:
+            problems.append(str(err))
+    if not problems:
+        try:
+            policy_set = build_policy_set(documents)
+            problems.extend(unknown_class_references(policy_set, known))
+        except PolicyError as err:
+            problems.append(str(err))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return fail(f"{len(problems)} problem(s) in {len(args.files)} file(s)")
+    tenants = sum(len(p.tenants) for _, p in documents)
+    rules = sum(len(t.rules) for _, p in documents for t in p.tenants)
+    print(f"ok: {len(documents)} file(s), {tenants} tenant(s), {rules} CEL rule(s) compiled")
+    return 0
+
+
+def known_classes(index: CatalogueIndex, *, extra: Iterable[Path] = ()) -> set[str]:
+    catalogue = index.catalogue
+    names = {
+        catalogue.class_name(kind, driver.name) for driver in catalogue.drivers for kind in DEVICE_KINDS if driver.kind(kind)
+    }
+    for path in extra:
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            items = document.get("items", [document]) if isinstance(document, dict) else []
+            names |= {i["metadata"]["name"] for i in items if isinstance(i, dict) and i.get("kind") == "DeviceClass"}
+    return names
+
+
+def unknown_class_references(policy_set: PolicySet, known: set[str]) -> list[str]:
+    problems = []
+    owners: list[Tenant] = [*policy_set.tenants, *([policy_set.default] if policy_set.default else [])]
+    for tenant in owners:
+        where = f"{tenant.source.name}: {'default' if tenant.is_default else f'tenants[{tenant.name}]'}"
+        for pattern in tenant.limits.devices:
+            if not any(fnmatch.fnmatchcase(c, pattern) for c in known):
+                problems.append(f"{where}.limits.devices: {pattern!r} matches no known DeviceClass")
+        for pattern in tenant.allowed_classes or ():
+            if not any(fnmatch.fnmatchcase(c, pattern) for c in known):
+                problems.append(f"{where}.allowedClasses: {pattern!r} matches no known DeviceClass")
+    for name in policy_set.classes:
+        if name not in known:
+            problems.append(f"classes: {name!r} is not a known DeviceClass")
+    return problems
+
+
+# -- usage ------------------------------------------------------------------------------------------
+
+
+def run_usage(args: argparse.Namespace, *, cluster: ClusterPort | None = None) -> int:
+    try:
+        index = load_index(args)
+    except (CatalogueError, OSError) as err:
+        return fail(str(err))
+    if cluster is None:
+        from webhook.cluster.kube import KubeCluster
+
+        cluster = KubeCluster.from_environment(namespace=args.namespace)
+    enforcer = QuotaEnforcer(cluster=cluster, catalogue=lambda: index.catalogue)
+    enforcer.attach()
+    if args.policies is not None:
+        from webhook.server import policy_files
+
+        for path in policy_files(args.policies):
+            text = path.read_text(encoding="utf-8")
+            enforcer.policies.put(PolicySource(name=path.name, version="file"), text)
+    cluster.start()
+    try:
+        deadline = time.monotonic() + args.timeout
+        while not cluster.ready()[0]:
+            if time.monotonic() > deadline:
+                return fail(f"caches did not sync within {args.timeout:g}s: {cluster.ready()[1]}")
+            time.sleep(0.2)
+        rows = usage_rows(enforcer, tenant_filter=args.tenant)
+    finally:
+        cluster.stop()
+    if args.output == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_table(rows)
+    return 0
+
+
+def usage_rows(enforcer: QuotaEnforcer, *, tenant_filter: str | None) -> list[dict[str, str]]:
+    policy_set = enforcer.policies.current
+    rows = []
+    for tenant in policy_set.tenants:
+        if tenant_filter and tenant.name != tenant_filter:
+            continue
+        namespaces = list(enforcer.members(tenant))
+        usage = enforcer.ledger.usage(namespaces) if namespaces else ZERO
+        limits = tenant.limits
+        base = {"tenant": tenant.name, "namespaces": ",".join(namespaces), "policy": str(tenant.source)}
+        for pattern, limit in sorted(limits.devices.items()):
+            rows.append({**base, "dimension": f"devices/{pattern}", "used": str(usage.matched.get(pattern, 0)), "limit": str(limit)})
+        if limits.memory is not None:
+            rows.append({**base, "dimension": "memory", "used": _bytes(usage.memory), "limit": _bytes(limits.memory)})
+        if limits.compute is not None:
+            rows.append({**base, "dimension": "compute", "used": f"{float(usage.compute):g}%", "limit": f"{float(limits.compute):g}%"})
+        if limits.claims is not None:
+            rows.append({**base, "dimension": "claims", "used": str(usage.claims), "limit": str(limits.claims)})
+    return rows
+
+
+def _bytes(value: Any) -> str:
+    from fractions import Fraction
+
+    return format_quantity(round_up(Fraction(value), Fraction(1)))
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    columns = ["tenant", "dimension", "used", "limit", "namespaces", "policy"]
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())

@@ -1,0 +1,148 @@
+"""Live GPU usage per namespace, from the cluster's ResourceClaims, with reservations.
+
+The cluster port feeds claim events (``observe``/``forget``); each claim is reduced to its charge
+basis once, and per-namespace totals are updated in O(1). A tenant's usage is the sum over its
+namespaces (a handful), so a decision never lists anything.
+
+Admissions in flight are reserved: ``admit`` checks usage plus reservations and, if the claim fits,
+reserves its charge under the same lock, so concurrent admissions in one replica never over-admit.
+A reservation is confirmed when the claim shows up in the cache (matched by namespace and charge)
+and expires after a TTL if it never does (another admission plugin refused the claim). Dry-run
+admissions are checked but never reserved.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from webhook.charge import ZERO, Basis, Charge, ClassResolver, basis, charge
+
+ClaimKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class _Reservation:
+    namespace: str
+    charge: Charge
+    expires: float
+
+
+@dataclass
+class _Claim:
+    namespace: str
+    basis: Basis
+    charge: Charge
+
+
+@dataclass
+class UsageLedger:
+    classes: ClassResolver
+    reservation_ttl: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _claims: dict[ClaimKey, _Claim] = field(default_factory=dict)
+    _by_namespace: dict[str, Charge] = field(default_factory=dict)
+    _reservations: dict[str, _Reservation] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _next_token: int = 0
+
+    # -- the cache side ------------------------------------------------------------------------
+    def observe(self, namespace: str, name: str, claim_spec: dict[str, object]) -> None:
+        """A claim was added or changed (its spec is immutable, so this is mostly an add)."""
+        claim_basis = basis(claim_spec)
+        new = charge(claim_basis, classes=self.classes)
+        with self._lock:
+            old = self._claims.get((namespace, name))
+            if old is not None:
+                self._add(namespace, ZERO - old.charge)
+            self._claims[(namespace, name)] = _Claim(namespace, claim_basis, new)
+            self._add(namespace, new)
+            if old is None:
+                self._confirm(namespace, new)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A claim was deleted: its usage is released."""
+        with self._lock:
+            old = self._claims.pop((namespace, name), None)
+            if old is not None:
+                self._add(namespace, ZERO - old.charge)
+
+    def reprice(self, classes: ClassResolver) -> None:
+        """The policy's class facts changed: recompute every claim's charge (O(claims), on reload only)."""
+        with self._lock:
+            self.classes = classes
+            self._by_namespace.clear()
+            for (namespace, _), claim in self._claims.items():
+                claim.charge = charge(claim.basis, classes=classes)
+                self._add(namespace, claim.charge)
+
+    # -- the admission side --------------------------------------------------------------------
+    def usage(self, namespaces: Iterable[str]) -> Charge:
+        with self._lock:
+            self._expire()
+            return self._usage(namespaces)
+
+    def admit(
+        self,
+        *,
+        namespace: str,
+        namespaces: Iterable[str],
+        requested: Charge,
+        fits: Callable[[Charge], bool],
+        reserve: bool,
+    ) -> tuple[bool, Charge]:
+        """Atomically: compute usage (claims + live reservations) of the tenant's ``namespaces``,
+        ask ``fits(usage)``, and reserve ``requested`` in ``namespace`` if it fits and ``reserve``.
+        Returns (fits, the usage it was judged against)."""
+        with self._lock:
+            self._expire()
+            current = self._usage(namespaces)
+            ok = fits(current)
+            if ok and reserve:
+                self._next_token += 1
+                self._reservations[str(self._next_token)] = _Reservation(
+                    namespace, requested, self.clock() + self.reservation_ttl
+                )
+            return ok, current
+
+    @property
+    def claim_count(self) -> int:
+        with self._lock:
+            return len(self._claims)
+
+    @property
+    def reservation_count(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._reservations)
+
+    # -- internals (lock held) -----------------------------------------------------------------
+    def _usage(self, namespaces: Iterable[str]) -> Charge:
+        wanted = set(namespaces)
+        total = ZERO
+        for ns in wanted:
+            total = total + self._by_namespace.get(ns, ZERO)
+        for reservation in self._reservations.values():
+            if reservation.namespace in wanted:
+                total = total + reservation.charge
+        return total
+
+    def _add(self, namespace: str, delta: Charge) -> None:
+        updated = self._by_namespace.get(namespace, ZERO) + delta
+        if updated.claims <= 0 and not updated.devices and not updated.memory and not updated.compute:
+            self._by_namespace.pop(namespace, None)
+        else:
+            self._by_namespace[namespace] = updated
+
+    def _confirm(self, namespace: str, observed: Charge) -> None:
+        for token, reservation in sorted(self._reservations.items(), key=lambda kv: kv[1].expires):
+            if reservation.namespace == namespace and reservation.charge == observed:
+                del self._reservations[token]
+                return
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for token in [t for t, r in self._reservations.items() if r.expires <= now]:
+            del self._reservations[token]
