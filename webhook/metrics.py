@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -116,8 +116,17 @@ class Metrics:
             "dra_bridge_policy_errors", "Policy ConfigMaps rejected at load (the last good version stays active)."
         )
 
+        self.policy_reloads = Gauge(
+            "dra_bridge_policy_reloads_total", "Policy document loads since start, by result (ok, failed).", ("result",)
+        )
+        self.claims_cached = Gauge("dra_bridge_claims_cached", "ResourceClaims in the usage cache.")
+        self.collectors: list[Callable[[], None]] = []  # refresh gauges from their sources at scrape time
+
     def render(self) -> str:
+        for collect in self.collectors:
+            collect()
         lines: list[str] = []
         for metric in vars(self).values():
-            lines.extend(metric.render())
+            if isinstance(metric, Counter | Histogram):
+                lines.extend(metric.render())
         return "\n".join(lines) + "\n"

@@ -86,10 +86,19 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> 
 
     def readiness() -> tuple[bool, dict[str, Any]]:
         ready, detail = quota.ready()
-        metrics.policy_errors.set(value=float(len(detail.get("policyErrors", {}))))
         if catalogue.errors:
             detail["catalogueErrors"] = catalogue.errors
         return ready, detail
+
+    def collect() -> None:
+        ready, detail = readiness()
+        metrics.ready.set(value=1.0 if ready else 0.0)
+        metrics.policy_errors.set(value=float(len(detail.get("policyErrors", {})) + len(catalogue.errors)))
+        metrics.policy_reloads.set("ok", value=float(quota.policies.reloads_ok))
+        metrics.policy_reloads.set("failed", value=float(quota.policies.reloads_failed))
+        metrics.claims_cached.set(value=float(quota.ledger.claim_count))
+
+    metrics.collectors.append(collect)
 
     app = create_app(
         mutate=admission.mutate,
