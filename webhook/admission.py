@@ -16,7 +16,7 @@ from webhook.catalogue import CATALOGUE_KEY, CATALOGUE_LABEL, CatalogueError, Ca
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, spec_hash
 from webhook.cluster import ClusterPort
 from webhook.enforcement import QuotaEnforcer, QuotaResult
-from webhook.errors import Denial, MalformedReview, TranslationError
+from webhook.errors import Denial, MalformedReview, NotReady, TranslationError
 from webhook.jsonpatch import diff
 from webhook.policy import POLICY_KEY, POLICY_LABEL, PolicyError, PolicySource
 from webhook.review import AdmissionRequest, AdmissionResponse, allowed, denied, patched
@@ -88,6 +88,7 @@ class Admission:
             return _allow("mutate", request, "not-a-pod-create")
         pod = _object(request)
         namespace = request.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+        self._require_ready()
         if self._skipped(pod, namespace):
             return _allow("mutate", request, "opt-out")
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
@@ -114,6 +115,12 @@ class Admission:
             templates_created=created,
         )
 
+    def _require_ready(self) -> None:
+        """Never decide from caches that have not synced: the failurePolicy decides instead."""
+        ready, detail = self._cluster.ready()
+        if not ready:
+            raise NotReady(f"caches have not synced yet ({detail})")
+
     def _skipped(self, pod: dict[str, Any], namespace: str) -> bool:
         labels = (pod.get("metadata") or {}).get("labels")
         return opted_out(labels) or opted_out(self._cluster.namespace_labels(namespace))
@@ -126,6 +133,8 @@ class Admission:
         kind = request.kind.kind
         if request.operation not in ("CREATE", "UPDATE") or request.sub_resource:
             return _allow("validate", request, "not-checked")
+        if kind in ("Pod", "ResourceClaim", "ResourceClaimTemplate", "ConfigMap"):
+            self._require_ready()
         if kind == "Pod" and request.operation == "CREATE":
             return self._validate_pod(request)
         if kind == "ResourceClaim" and request.operation == "CREATE":

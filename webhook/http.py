@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from webhook.admission import Decision
-from webhook.errors import MalformedReview
+from webhook.errors import MalformedReview, NotReady
 from webhook.metrics import Metrics
 from webhook.review import AdmissionRequest, AdmissionReview, review_response
 
@@ -61,6 +61,9 @@ def create_app(
         except MalformedReview as err:
             metrics.rejected_requests.inc("malformed-review")
             return JSONResponse({"message": str(err)}, status_code=400)
+        except NotReady as err:
+            metrics.decisions.inc(webhook, "error", "not-ready")
+            return JSONResponse({"message": f"not ready: {err}; the webhook's failurePolicy applies"}, status_code=503)
         except Exception:
             log.exception("internal error deciding %s uid=%s", webhook, admission_request.uid)
             metrics.decisions.inc(webhook, "error", "internal-error")

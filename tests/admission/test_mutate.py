@@ -190,3 +190,19 @@ def test_recently_used_template_survives_gc(index: CatalogueIndex) -> None:
     assert provisioner.collect_garbage(grace_seconds=3600) == []
     now[0] += 3600
     assert len(provisioner.collect_garbage(grace_seconds=3600)) == 1
+
+
+class _Unsynced(InMemoryCluster):
+    def ready(self) -> tuple[bool, str]:
+        return False, "waiting for: resourceclaims"
+
+
+def test_unsynced_caches_never_decide(index: CatalogueIndex) -> None:
+    from webhook.errors import NotReady
+
+    admission = Admission(cluster=_Unsynced(), catalogue=lambda: index)
+    with pytest.raises(NotReady, match="waiting for: resourceclaims"):
+        admission.mutate(request(gpu_pod()))
+    with pytest.raises(NotReady):
+        admission.validate(request(gpu_pod()))
+    assert admission.mutate(request(gpu_pod(), kind="ConfigMap")).outcome == "allowed"  # not ours: no cache needed
