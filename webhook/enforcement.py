@@ -13,11 +13,12 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from webhook.catalogue import Catalogue
 from webhook.charge import ZERO, Charge, ClassResolver, basis, charge
 from webhook.cluster import ClusterPort, EventType
+from webhook.coordination import LeaseCoordinator
 from webhook.policy import (
     POLICY_KEY,
     PolicyError,
@@ -123,7 +124,14 @@ class QuotaResult:
 
 class QuotaEnforcer:
     def __init__(
-        self, *, cluster: ClusterPort, catalogue: Callable[[], Catalogue], reservation_ttl: float = 30.0
+        self,
+        *,
+        cluster: ClusterPort,
+        catalogue: Callable[[], Catalogue],
+        reservation_ttl: float = 30.0,
+        coordination: Literal["local", "lease"] = "local",
+        namespace: str = "dra-bridge",
+        replica: str = "local",
     ) -> None:
         self._cluster = cluster
         self._catalogue = catalogue
@@ -132,7 +140,11 @@ class QuotaEnforcer:
         self._index_lock = threading.Lock()
         self._index_key: tuple[str, int] | None = None
         self._tenant_namespaces: dict[str, tuple[str, ...]] = {}
-        self.claims_synced = False
+        self.coordinator = (
+            LeaseCoordinator(cluster, self.ledger, namespace=namespace, replica=replica, ttl=reservation_ttl)
+            if coordination == "lease"
+            else None
+        )
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -207,9 +219,19 @@ class QuotaEnforcer:
             )
             return not violations(figures)
 
-        self.ledger.admit(
-            namespace=namespace, namespaces=namespaces, requested=requested, fits=fits, reserve=not dry_run
-        )
+        if self.coordinator is not None:  # two or more replicas: serialise through the tenant's Lease
+            self.coordinator.admit(
+                tenant=tenant.name,
+                namespace=namespace,
+                namespaces=namespaces,
+                requested=requested,
+                fits=fits,
+                reserve=not dry_run,
+            )
+        else:
+            self.ledger.admit(
+                namespace=namespace, namespaces=namespaces, requested=requested, fits=fits, reserve=not dry_run
+            )
         return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
 
     def check_static(

@@ -70,7 +70,15 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> 
         else:
             cluster = dev_cluster(settings.policies_dir)
     metrics = Metrics()
-    quota = QuotaEnforcer(cluster=cluster, catalogue=lambda: catalogue.index.catalogue)
+    quota = QuotaEnforcer(
+        cluster=cluster,
+        catalogue=lambda: catalogue.index.catalogue,
+        reservation_ttl=settings.quota_reservation_ttl_seconds,
+        # One replica in dev: its own reservations are exact. Two or more: the tenant's Lease.
+        coordination="local" if settings.dev else settings.quota_coordination,
+        namespace=settings.namespace,
+        replica=settings.replica,
+    )
     quota.attach()
     cluster.watch("catalogue-configmaps", catalogue.on_configmap)
     admission = Admission(

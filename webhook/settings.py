@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +32,9 @@ class Settings(BaseSettings):
     template_gc_grace_seconds: float = Field(default=3600.0, ge=0)
     template_gc_interval_seconds: float = Field(default=300.0, gt=0)
     cert_reload_interval_seconds: float = Field(default=5.0, gt=0)
+    quota_coordination: Literal["local", "lease"] = "lease"  # lease: exact across replicas (one write per claim)
+    quota_reservation_ttl_seconds: float = Field(default=30.0, gt=0)
+    replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     leave_native_extended_resources: bool = True
     require_conversion: bool = True
     dev: bool = False

@@ -37,16 +37,28 @@ class _Claim:
     charge: Charge
 
 
+@dataclass(frozen=True)
+class Observation:
+    """A claim the cache saw appear, kept for one reservation TTL so that reservations made by
+    other replicas can be matched to it (by namespace and charge) and not counted twice."""
+
+    namespace: str
+    charge: Charge
+    at: float  # wall clock, comparable across replicas
+
+
 @dataclass
 class UsageLedger:
     classes: ClassResolver
     reservation_ttl: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
     _claims: dict[ClaimKey, _Claim] = field(default_factory=dict)
     _by_namespace: dict[str, Charge] = field(default_factory=dict)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_token: int = 0
+    _observations: list[Observation] = field(default_factory=list)
 
     # -- the cache side ------------------------------------------------------------------------
     def observe(self, namespace: str, name: str, claim_spec: dict[str, object]) -> None:
@@ -61,6 +73,9 @@ class UsageLedger:
             self._add(namespace, new)
             if old is None:
                 self._confirm(namespace, new)
+                now = self.wall_clock()
+                self._observations = [o for o in self._observations if o.at > now - self.reservation_ttl]
+                self._observations.append(Observation(namespace, new, now))
 
     def forget(self, namespace: str, name: str) -> None:
         """A claim was deleted: its usage is released."""
@@ -106,6 +121,16 @@ class UsageLedger:
                     namespace, requested, self.clock() + self.reservation_ttl
                 )
             return ok, current
+
+    def committed(self, namespaces: Iterable[str]) -> tuple[Charge, list[Observation]]:
+        """Usage of stored claims only (no reservations), and the claims seen appearing lately."""
+        wanted = set(namespaces)
+        with self._lock:
+            total = ZERO
+            for ns in wanted:
+                total = total + self._by_namespace.get(ns, ZERO)
+            recent = [o for o in self._observations if o.namespace in wanted]
+        return total, recent
 
     @property
     def claim_count(self) -> int:

@@ -24,6 +24,10 @@ class AlreadyExists(Exception):
     """The object exists already (HTTP 409 from the apiserver)."""
 
 
+class Conflict(Exception):
+    """A conditional update lost: the object's resourceVersion changed (HTTP 409)."""
+
+
 class ClusterPort(Protocol):
     def watch(self, source: Source, handler: EventHandler) -> None:
         """Register ``handler`` for a source, before ``start``: it receives the initial list as ADDED
@@ -65,3 +69,10 @@ class ClusterPort(Protocol):
 
     def delete_template(self, namespace: str, name: str, *, uid: str) -> None:
         """Delete a template, only if its uid is still ``uid`` (a precondition)."""
+
+    def get_lease(self, name: str) -> dict[str, Any] | None:
+        """A coordination.k8s.io/v1 Lease in the webhook's namespace, read fresh (never cached)."""
+
+    def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create the Lease (no resourceVersion) or replace it conditionally on its
+        ``metadata.resourceVersion``; raises ``Conflict`` when someone else wrote it first."""

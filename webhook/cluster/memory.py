@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
-from webhook.cluster import AlreadyExists, EventHandler, EventType, Source
+from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
 
 
 class InMemoryCluster:
@@ -31,6 +31,8 @@ class InMemoryCluster:
         self._configmaps: dict[str, dict[str, Any]] = {}
         self._handlers: dict[Source, list[EventHandler]] = {}
         self._namespace_generation = 0
+        self._leases: dict[str, dict[str, Any]] = {}
+        self._lease_version = 0
         self.writes = 0
 
     # -- seeding (tests and the dev server) --------------------------------------------------
@@ -166,6 +168,28 @@ class InMemoryCluster:
                 for claim in (pod.get("spec") or {}).get("resourceClaims") or []
                 if claim.get("resourceClaimTemplateName")
             }
+
+    def get_lease(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._leases.get(name)
+            return copy.deepcopy(found) if found is not None else None
+
+    def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        name = lease["metadata"]["name"]
+        expected = lease["metadata"].get("resourceVersion")
+        with self._lock:
+            current = self._leases.get(name)
+            if (current is None and expected) or (
+                current is not None and current["metadata"]["resourceVersion"] != expected
+            ):
+                raise Conflict(
+                    f"leases {name}: the object has been modified; please apply your changes to the latest version"
+                )
+            self._lease_version += 1
+            stored = copy.deepcopy(lease)
+            stored["metadata"]["resourceVersion"] = str(self._lease_version)
+            self._leases[name] = stored
+            return copy.deepcopy(stored)
 
     def delete_template(self, namespace: str, name: str, *, uid: str) -> None:
         with self._lock:
