@@ -36,11 +36,13 @@ class QuotaFigure:
     used: str
     limit: str
     policy: str  # ConfigMap name and version that set the limit
+    exceeded: bool = False
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What the webhook decided and why: the response plus the facts metrics and audit need."""
+    """What the webhook decided and why: the response plus the facts metrics and audit need.
+    ``webhook.audit`` turns these facts into the response's ``auditAnnotations``."""
 
     webhook: Literal["mutate", "validate"]
     response: AdmissionResponse
@@ -104,10 +106,9 @@ class Admission:
         for c in plan.conversions:
             legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
             warnings.append(_short(f"dra-bridge: {c.container}: {legacy} -> {c.summary}"))
-        audit = {"converted": "; ".join(f"{c.container}:{c.template}" for c in plan.conversions)}
         return Decision(
             webhook="mutate",
-            response=patched(request.uid, patch, warnings=warnings, audit=audit),
+            response=patched(request.uid, patch, warnings=warnings),
             outcome="patched",
             reason="converted",
             message="; ".join(f"{c.container}: {c.summary}" for c in plan.conversions),
@@ -236,17 +237,21 @@ class Admission:
 
     def _quota_decision(self, request: AdmissionRequest, result: QuotaResult, *, allowed_reason: str) -> Decision:
         figures = tuple(
-            QuotaFigure(dimension=f.dimension, requested=f.requested, used=f.used, limit=f.limit, policy=f.policy)
+            QuotaFigure(
+                dimension=f.dimension,
+                requested=f.requested,
+                used=f.used,
+                limit=f.limit,
+                policy=f.policy,
+                exceeded=f.exceeded,
+            )
             for f in result.figures
         )
         tenant = result.tenant.name if result.tenant else None
         if result.denied:
-            audit = {"denied": "quota-exceeded", "tenant": tenant or ""}
-            first = result.denied[0]
-            audit["quota"] = f"{first.dimension} requested={first.requested} used={first.used} limit={first.limit}"
             return Decision(
                 webhook="validate",
-                response=denied(request.uid, result.message, reason="Forbidden", code=403, audit=audit),
+                response=denied(request.uid, result.message, reason="Forbidden", code=403),
                 outcome="denied",
                 reason="quota-exceeded",
                 message=result.message,
@@ -331,7 +336,7 @@ def _decide(
         reason = "invalid-request" if isinstance(err, TranslationError) else _code(type(err).__name__)
         return Decision(
             webhook=webhook,
-            response=denied(request.uid, str(err), reason=err.reason, code=err.code, audit={"denied": reason}),
+            response=denied(request.uid, str(err), reason=err.reason, code=err.code),
             outcome="denied",
             reason=reason,
             message=str(err),

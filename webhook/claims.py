@@ -91,32 +91,18 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
             assert driver.partition is not None and demand.profile is not None
             selector = f"device.attributes[{_cel_str(driver.driver)}].{driver.partition.profile_attribute} == {_cel_str(demand.profile)}"
             out.append(_sub(catalogue, "partition", driver, driver_name, demand.count, selectors=[selector]))
-        if demand.equivalent_memory is not None:
+        if demand.equivalent_memory is not None:  # the same slice as a vGPU
             for driver_name in target.partition_as_shared:
-                out.extend(
-                    _shared(
-                        catalogue,
-                        catalogue.driver(driver_name),
-                        count=demand.count,
-                        memory=demand.equivalent_memory,
-                        memory_percent=None,
-                        compute_percent=demand.equivalent_compute_percent,
-                        skipped=skipped,
-                    )
+                shared_demand: tuple[Fraction | None, ...] = (
+                    demand.equivalent_memory,
+                    None,
+                    demand.equivalent_compute_percent,
                 )
+                out.extend(_shared(catalogue, catalogue.driver(driver_name), demand.count, *shared_demand, skipped))
     else:
         for driver_name in target.shared:
-            out.extend(
-                _shared(
-                    catalogue,
-                    catalogue.driver(driver_name),
-                    count=demand.count,
-                    memory=demand.memory,
-                    memory_percent=demand.memory_percent,
-                    compute_percent=demand.compute_percent,
-                    skipped=skipped,
-                )
-            )
+            shared_demand = (demand.memory, demand.memory_percent, demand.compute_percent)  # same order as above
+            out.extend(_shared(catalogue, catalogue.driver(driver_name), demand.count, *shared_demand, skipped))
     what = ", ".join(lv.name for lv in demand.legacy)
     if not out:
         why = f" ({'; '.join(skipped)})" if skipped else ""
@@ -161,7 +147,6 @@ def _sub(
 def _shared(
     catalogue: Catalogue,
     driver: Driver,
-    *,
     count: int,
     memory: Fraction | None,
     memory_percent: Fraction | None,

@@ -57,3 +57,7 @@ class ClusterError(BridgeError):
 
 class NotReady(BridgeError):
     """Caches or policies have not synced; never answer from them."""
+
+
+class AuditWriteError(BridgeError):
+    """The decision could not be recorded: the request must fail (500) so the failurePolicy decides."""

@@ -1,7 +1,8 @@
 """The HTTP layer: the only module that knows FastAPI.
 
 It caps the body, checks the content type, decodes the AdmissionReview envelope, echoes the uid,
-times the decision and hands it to the observers (metrics, audit). A malformed request gets 400
+times the decision and counts it. The audit record is written by the handler (``AuditLog.audited``)
+before the decision comes back here, so an unrecordable decision is answered with 500. A malformed request gets 400
 with a message that names what is wrong; an internal failure gets 500 so the cluster's
 failurePolicy decides; user input never causes a 500.
 """
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from webhook.admission import Decision
-from webhook.errors import MalformedReview, NotReady
+from webhook.errors import AuditWriteError, MalformedReview, NotReady
 from webhook.metrics import Metrics
 from webhook.review import AdmissionRequest, AdmissionReview, review_response
 
@@ -28,7 +29,6 @@ log = logging.getLogger("dra_bridge.http")
 
 DEFAULT_MAX_BODY = 3 * 1024 * 1024  # the apiserver sends objects up to ~1.5 MiB, twice for UPDATE
 Handler = Callable[[AdmissionRequest], Decision]
-Observer = Callable[[Decision, AdmissionRequest, float], None]
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
@@ -44,7 +44,6 @@ def create_app(
     validate: Handler,
     metrics: Metrics,
     readiness: Readiness,
-    observe: Observer | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None)
@@ -61,6 +60,13 @@ def create_app(
         except MalformedReview as err:
             metrics.rejected_requests.inc("malformed-review")
             return JSONResponse({"message": str(err)}, status_code=400)
+        except AuditWriteError:
+            log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
+            metrics.audit_write_failures.inc(webhook)
+            metrics.decisions.inc(webhook, "error", "audit-write-failed")
+            return JSONResponse(
+                {"message": "the decision could not be recorded; the webhook's failurePolicy applies"}, status_code=500
+            )
         except NotReady as err:
             metrics.decisions.inc(webhook, "error", "not-ready")
             return JSONResponse({"message": f"not ready: {err}; the webhook's failurePolicy applies"}, status_code=503)
@@ -76,16 +82,6 @@ def create_app(
                 metrics.conversions.inc(legacy_name)
         if decision.templates_created:
             metrics.templates_created.inc(amount=len(decision.templates_created))
-        if observe is not None:
-            try:
-                observe(decision, admission_request, elapsed)  # the audit record is written before we answer
-            except Exception:
-                log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
-                metrics.decisions.inc(webhook, "error", "audit-write-failed")
-                return JSONResponse(
-                    {"message": "the decision could not be recorded; the webhook's failurePolicy applies"},
-                    status_code=500,
-                )
         return JSONResponse(review_response(decision.response))
 
     @app.post("/mutate")

@@ -111,6 +111,11 @@ class Metrics:
             "dra_bridge_rejected_http_requests_total", "HTTP requests refused before admission, by reason.", ("reason",)
         )
         self.ready = Gauge("dra_bridge_ready", "1 when caches and policies have synced.")
+        self.audit_write_failures = Counter(
+            "dra_bridge_audit_write_failures_total",
+            "Decisions answered 500 because their audit record could not be written.",
+            ("webhook",),
+        )
         self.cert_reloads = Counter("dra_bridge_certificate_reloads_total", "Serving certificate reloads.")
         self.policy_errors = Gauge(
             "dra_bridge_policy_errors", "Policy ConfigMaps rejected at load (the last good version stays active)."

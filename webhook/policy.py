@@ -80,17 +80,16 @@ class Rule(_Model):
     message: str = Field(min_length=1)
 
 
-class TenantSpec(_Model):
-    name: str = Field(pattern=_DNS_LABEL)
-    namespaces: tuple[str, ...] = ()
-    namespace_selector: dict[str, str] = Field(default_factory=dict, alias="namespaceSelector")
+class DefaultSpec(_Model):
+    """What applies to the namespaces of a tenant; also the ``default`` for namespaces in none."""
+
     limits: Limits = Field(default_factory=Limits)
     allowed_classes: tuple[str, ...] | None = Field(default=None, alias="allowedClasses")
     allowed_profiles: tuple[str, ...] | None = Field(default=None, alias="allowedProfiles")
     rules: tuple[Rule, ...] = ()
 
     @model_validator(mode="after")
-    def _unique_rules(self) -> TenantSpec:
+    def _unique_rules(self) -> DefaultSpec:
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -98,11 +97,10 @@ class TenantSpec(_Model):
         return self
 
 
-class DefaultSpec(_Model):
-    limits: Limits = Field(default_factory=Limits)
-    allowed_classes: tuple[str, ...] | None = Field(default=None, alias="allowedClasses")
-    allowed_profiles: tuple[str, ...] | None = Field(default=None, alias="allowedProfiles")
-    rules: tuple[Rule, ...] = ()
+class TenantSpec(DefaultSpec):
+    name: str = Field(pattern=_DNS_LABEL)
+    namespaces: tuple[str, ...] = ()
+    namespace_selector: dict[str, str] = Field(default_factory=dict, alias="namespaceSelector")
 
 
 class ClassFacts(_Model):

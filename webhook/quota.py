@@ -49,34 +49,17 @@ def check(
     policy = str(tenant.source)
     who = _who(tenant)
     figures: list[Figure] = []
-    for device_class in sorted(charge.devices):
-        if not tenant.allows_class(device_class):
-            allowed = ", ".join(tenant.allowed_classes or ())
-            figures.append(
-                Figure(
-                    f"class/{device_class}",
-                    "1",
-                    "-",
-                    "not allowed",
-                    policy,
-                    True,
-                    f"{who}: DeviceClass {device_class} is not allowed (allowed: {allowed}) [policy {policy}]",
-                )
-            )
-    for profile in sorted(charge.profiles):
-        if not tenant.allows_profile(profile):
-            allowed = ", ".join(tenant.allowed_profiles or ())
-            figures.append(
-                Figure(
-                    f"profile/{profile}",
-                    "1",
-                    "-",
-                    "not allowed",
-                    policy,
-                    True,
-                    f"{who}: partition profile {profile} is not allowed (allowed: {allowed}) [policy {policy}]",
-                )
-            )
+    refused = [
+        ("class", "DeviceClass", c, tenant.allowed_classes) for c in charge.devices if not tenant.allows_class(c)
+    ]
+    refused += [
+        ("profile", "partition profile", p, tenant.allowed_profiles)
+        for p in charge.profiles
+        if not tenant.allows_profile(p)
+    ]
+    for dimension, what, name, allowed in sorted(refused):
+        message = f"{who}: {what} {name} is not allowed (allowed: {', '.join(allowed or ())}) [policy {policy}]"
+        figures.append(Figure(f"{dimension}/{name}", "1", "-", "not allowed", policy, True, message))
     limits = tenant.limits
     claims = per_claim or (charge,)
     if limits.per_claim is not None:

@@ -73,15 +73,13 @@ class AdmissionResponse(_Wire):
     audit_annotations: dict[str, str] | None = Field(default=None, alias="auditAnnotations")
 
 
-def allowed(uid: str, *, warnings: list[str] | None = None, audit: dict[str, str] | None = None) -> AdmissionResponse:
-    return AdmissionResponse(uid=uid, allowed=True, warnings=warnings or None, audit_annotations=audit or None)
+def allowed(uid: str, *, warnings: list[str] | None = None) -> AdmissionResponse:
+    return AdmissionResponse(uid=uid, allowed=True, warnings=warnings or None)
 
 
-def patched(
-    uid: str, patch: Patch, *, warnings: list[str] | None = None, audit: dict[str, str] | None = None
-) -> AdmissionResponse:
+def patched(uid: str, patch: Patch, *, warnings: list[str] | None = None) -> AdmissionResponse:
     if not patch:
-        return allowed(uid, warnings=warnings, audit=audit)
+        return allowed(uid, warnings=warnings)
     encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
     return AdmissionResponse(
         uid=uid,
@@ -89,16 +87,14 @@ def patched(
         patch_type="JSONPatch",
         patch=encoded,
         warnings=warnings or None,
-        audit_annotations=audit or None,
     )
 
 
-def denied(uid: str, message: str, *, reason: str, code: int, audit: dict[str, str] | None = None) -> AdmissionResponse:
+def denied(uid: str, message: str, *, reason: str, code: int) -> AdmissionResponse:
     return AdmissionResponse(
         uid=uid,
         allowed=False,
         status=Status(code=code, message=message, reason=reason),
-        audit_annotations=audit or None,
     )
 
 

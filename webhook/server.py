@@ -21,6 +21,7 @@ import yaml
 from fastapi import FastAPI
 
 from webhook.admission import Admission, AdmissionSettings
+from webhook.audit import AuditLog, open_audit_log
 from webhook.catalogue_store import CatalogueStore
 from webhook.certs import ensure_dev_certs
 from webhook.cluster import ClusterPort
@@ -53,6 +54,7 @@ class Runtime:
     app: FastAPI
     catalogue: CatalogueStore
     quota: QuotaEnforcer
+    audit: AuditLog
 
 
 def policy_files(policies_dir: Path) -> list[Path]:
@@ -60,7 +62,10 @@ def policy_files(policies_dir: Path) -> list[Path]:
     return sorted(policies_dir.glob("quota*.yaml"))
 
 
-def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> Runtime:
+DEV_AUDIT_FILE = ".dra-bridge/audit.log"
+
+
+def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, audit: AuditLog | None = None) -> Runtime:
     catalogue = CatalogueStore(catalogue_files(settings.policies_dir))
     if cluster is None:
         if not settings.dev:
@@ -108,9 +113,20 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> 
 
     metrics.collectors.append(collect)
 
+    if audit is None:
+        target = settings.audit_file
+        if settings.dev and "audit_file" not in settings.model_fields_set:
+            target = DEV_AUDIT_FILE  # the embedded default keeps its log beside the checkout
+        audit = open_audit_log(
+            target,
+            max_bytes=settings.audit_max_bytes,
+            max_files=settings.audit_max_files,
+            fsync=settings.audit_fsync,
+            replica=settings.replica,
+        )
     app = create_app(
-        mutate=admission.mutate,
-        validate=admission.validate,
+        mutate=audit.audited("mutate", admission.mutate),
+        validate=audit.audited("validate", admission.validate),
         metrics=metrics,
         readiness=readiness,
         max_body_bytes=settings.max_body_bytes,
@@ -123,6 +139,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None) -> 
         app=app,
         catalogue=catalogue,
         quota=quota,
+        audit=audit,
     )
 
 
@@ -197,6 +214,7 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
     finally:
         stop.set()
         runtime.cluster.stop()
+        runtime.audit.close()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

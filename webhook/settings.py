@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     leave_native_extended_resources: bool = True
     require_conversion: bool = True
+    audit_file: str = "/var/log/dra-bridge/audit.log"  # "-": JSON lines on stdout, for log collectors
+    audit_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    audit_max_files: int = Field(default=10, ge=0)  # rotated files kept beside the current one
+    audit_fsync: bool = False
     dev: bool = False
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")

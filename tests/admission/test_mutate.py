@@ -49,7 +49,9 @@ def test_legacy_pod_is_patched_and_its_template_created(admission: Admission, cl
         | {"metadata": {"name": template_name, "namespace": "team-a"}}
     )
     assert response.warnings == ["dra-bridge: train: nvidia.com/gpu=2 -> 2 whole devices (nvidia)"]
-    assert response.audit_annotations == {"converted": f"train:{template_name}"}
+    from webhook.audit import audit_annotations
+
+    assert audit_annotations(decision)["templates"] == f"train={template_name}"
 
 
 def test_second_pod_of_the_same_shape_reuses_the_template(admission: Admission, cluster: InMemoryCluster) -> None:

@@ -28,7 +28,14 @@ def policy_configmap(body: dict[str, Any], name: str = "gpu-quota") -> dict[str,
     }
 
 
-def claim(name: str, *, namespace: str = "ml-research", count: int = 1, device_class: str = GPU_CLASS, capacity: dict[str, str] | None = None) -> dict[str, Any]:
+def claim(
+    name: str,
+    *,
+    namespace: str = "ml-research",
+    count: int = 1,
+    device_class: str = GPU_CLASS,
+    capacity: dict[str, str] | None = None,
+) -> dict[str, Any]:
     exactly: dict[str, Any] = {"deviceClassName": device_class, "count": count}
     if capacity:
         exactly["capacity"] = {"requests": capacity}
@@ -41,7 +48,9 @@ def claim(name: str, *, namespace: str = "ml-research", count: int = 1, device_c
 
 
 class Env:
-    def __init__(self, index: CatalogueIndex, policy: dict[str, Any] | None = None, clock: list[float] | None = None) -> None:
+    def __init__(
+        self, index: CatalogueIndex, policy: dict[str, Any] | None = None, clock: list[float] | None = None
+    ) -> None:
         self.cluster = InMemoryCluster()
         for ns in ("ml-research", "data-science", "sandbox"):
             self.cluster.add_namespace(ns)
@@ -56,7 +65,9 @@ class Env:
 
     def create_claim(self, obj: dict[str, Any], **kw: Any) -> Any:
         """What the apiserver does: ask the webhook, then store the claim if allowed."""
-        decision = self.admission.validate(request(obj, kind="ResourceClaim", namespace=obj["metadata"]["namespace"], **kw))
+        decision = self.admission.validate(
+            request(obj, kind="ResourceClaim", namespace=obj["metadata"]["namespace"], **kw)
+        )
         if decision.outcome == "allowed" and not kw.get("dry_run"):
             self.cluster.add_claim(obj)
         return decision
@@ -68,7 +79,13 @@ RESEARCH = {
         {
             "name": "research",
             "namespaces": ["ml-research", "data-science"],
-            "limits": {"devices": {"whole.*": 4}, "memory": "400Gi", "claims": 10, "perClaim": {"devices": 3}, "perPod": {"devices": 3}},
+            "limits": {
+                "devices": {"whole.*": 4},
+                "memory": "400Gi",
+                "claims": 10,
+                "perClaim": {"devices": 3},
+                "perPod": {"devices": 3},
+            },
         },
         {"name": "inference", "limits": {"memory": "8Gi"}, "allowedClasses": ["shared.*"]},
     ],
@@ -97,11 +114,11 @@ def test_denial_says_who_what_and_by_how_much(index: CatalogueIndex) -> None:
     assert status.message == (
         "tenant research: devices/whole.*: requested 2, in use 3, limit 4: over by 1 [policy gpu-quota@1]"
     )
-    assert decision.response.audit_annotations == {
-        "denied": "quota-exceeded",
-        "tenant": "research",
-        "quota": "devices/whole.* requested=2 used=3 limit=4",
-    }
+    from webhook.audit import audit_annotations
+
+    notes = audit_annotations(decision)
+    assert notes["decision"] == "denied" and notes["reason"] == "quota-exceeded" and notes["tenant"] == "research"
+    assert notes["quota"] == "devices/whole.*: requested 2, used 3, limit 4 (gpu-quota@1)"
 
 
 def test_per_claim_maximum_and_memory(index: CatalogueIndex) -> None:
@@ -115,7 +132,10 @@ def test_per_claim_maximum_and_memory(index: CatalogueIndex) -> None:
 def test_memory_quota_counts_capacity_requests(index: CatalogueIndex) -> None:
     env = Env(index, RESEARCH)
     shared = "shared.hami-core.dra-bridge.io"
-    assert env.create_claim(claim("s1", namespace="serving", device_class=shared, capacity={"memory": "6Gi"})).outcome == "allowed"
+    assert (
+        env.create_claim(claim("s1", namespace="serving", device_class=shared, capacity={"memory": "6Gi"})).outcome
+        == "allowed"
+    )
     decision = env.create_claim(claim("s2", namespace="serving", device_class=shared, capacity={"memory": "4Gi"}))
     assert decision.outcome == "denied"
     assert "tenant inference: memory: requested 4Gi, in use 6Gi, limit 8Gi: over by 2Gi" in decision.message
@@ -177,7 +197,11 @@ def test_reservation_is_confirmed_not_double_counted(index: CatalogueIndex) -> N
 
 
 def test_parallel_admissions_racing_for_the_last_units_admit_exactly_what_fits(index: CatalogueIndex) -> None:
-    policy = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 10}, "claims": 1000}}]}
+    policy = {
+        "tenants": [
+            {"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 10}, "claims": 1000}}
+        ]
+    }
     env = Env(index, policy)
     for i in range(7):
         assert env.create_claim(claim(f"pre-{i}")).outcome == "allowed"  # 3 units left
@@ -187,7 +211,9 @@ def test_parallel_admissions_racing_for_the_last_units_admit_exactly_what_fits(i
 
     def contender(i: int) -> None:
         barrier.wait()
-        decision = env.admission.validate(request(claim(f"race-{i}"), kind="ResourceClaim", namespace="ml-research", uid=f"u{i}"))
+        decision = env.admission.validate(
+            request(claim(f"race-{i}"), kind="ResourceClaim", namespace="ml-research", uid=f"u{i}")
+        )
         with lock:
             outcomes.append(decision.outcome)
 
@@ -201,11 +227,18 @@ def test_parallel_admissions_racing_for_the_last_units_admit_exactly_what_fits(i
 
 def test_template_static_checks(index: CatalogueIndex) -> None:
     env = Env(index, RESEARCH)
-    template = rewrite_pod(pod(container(limits={"nvidia.com/gpu": "4"})), index=index, namespace="ml-research").templates[0]
+    template = rewrite_pod(
+        pod(container(limits={"nvidia.com/gpu": "4"})), index=index, namespace="ml-research"
+    ).templates[0]
     decision = env.admission.validate(request(template, kind="ResourceClaimTemplate", namespace="ml-research"))
     assert decision.outcome == "denied" and "devices per claim: requested 4" in decision.message
-    small = rewrite_pod(pod(container(limits={"nvidia.com/gpu": "1"})), index=index, namespace="ml-research").templates[0]
-    assert env.admission.validate(request(small, kind="ResourceClaimTemplate", namespace="ml-research")).outcome == "allowed"
+    small = rewrite_pod(pod(container(limits={"nvidia.com/gpu": "1"})), index=index, namespace="ml-research").templates[
+        0
+    ]
+    assert (
+        env.admission.validate(request(small, kind="ResourceClaimTemplate", namespace="ml-research")).outcome
+        == "allowed"
+    )
 
 
 def test_pod_is_checked_for_the_claims_its_templates_will_produce(index: CatalogueIndex) -> None:
@@ -223,7 +256,9 @@ def test_pod_is_checked_for_the_claims_its_templates_will_produce(index: Catalog
 
 def test_pod_per_pod_maximum(index: CatalogueIndex) -> None:
     env = Env(index, RESEARCH)
-    two = pod(container("a", limits={"nvidia.com/gpu": "2"}), initContainers=[container("b", limits={"nvidia.com/gpu": "2"})])
+    two = pod(
+        container("a", limits={"nvidia.com/gpu": "2"}), initContainers=[container("b", limits={"nvidia.com/gpu": "2"})]
+    )
     plan = rewrite_pod(two, index=index, namespace="ml-research")
     for template in plan.templates:
         env.cluster.create_template(template)
@@ -238,8 +273,16 @@ def test_cel_rule_with_its_own_message(index: CatalogueIndex) -> None:
                 "name": "research",
                 "namespaces": ["ml-research"],
                 "rules": [
-                    {"name": "max-two", "expression": "claim.charge.totalDevices <= 2 || request.user == 'admin'", "message": "at most two GPUs per claim unless you are admin"},
-                    {"name": "broken", "expression": "claim.spec.devices.requests.all(r, r.exactly.count < 100)", "message": "never fails"},
+                    {
+                        "name": "max-two",
+                        "expression": "claim.charge.totalDevices <= 2 || request.user == 'admin'",
+                        "message": "at most two GPUs per claim unless you are admin",
+                    },
+                    {
+                        "name": "broken",
+                        "expression": "claim.spec.devices.requests.all(r, r.exactly.count < 100)",
+                        "message": "never fails",
+                    },
                 ],
             }
         ]
@@ -247,8 +290,15 @@ def test_cel_rule_with_its_own_message(index: CatalogueIndex) -> None:
     env = Env(index, policy)
     decision = env.create_claim(claim("big", count=3))
     assert decision.outcome == "denied"
-    assert "tenant research: rule max-two: at most two GPUs per claim unless you are admin [policy gpu-quota@1]" in decision.message
-    ok = env.admission.validate(request(claim("big2", count=3), kind="ResourceClaim", namespace="ml-research").model_copy(update={"user_info": request(None).user_info.model_copy(update={"username": "admin"})}))
+    assert (
+        "tenant research: rule max-two: at most two GPUs per claim unless you are admin [policy gpu-quota@1]"
+        in decision.message
+    )
+    ok = env.admission.validate(
+        request(claim("big2", count=3), kind="ResourceClaim", namespace="ml-research").model_copy(
+            update={"user_info": request(None).user_info.model_copy(update={"username": "admin"})}
+        )
+    )
     assert ok.outcome == "allowed"
     first_available = claim("fa")
     request_spec = first_available["spec"]["devices"]["requests"][0]
@@ -265,7 +315,9 @@ def test_policy_configmap_edit_takes_effect_and_bad_edit_keeps_last_good(index: 
     env.cluster.put_configmap(policy_configmap(raised))
     assert env.create_claim(claim("b", count=2)).outcome == "allowed"
     broken = policy_configmap(raised)
-    broken["data"]["policy.yaml"] = "apiVersion: dra-bridge.io/v1alpha1\nkind: QuotaPolicy\ntenants: [{name: research, limits: {memory: lots}}]"
+    broken["data"]["policy.yaml"] = (
+        "apiVersion: dra-bridge.io/v1alpha1\nkind: QuotaPolicy\ntenants: [{name: research, limits: {memory: lots}}]"
+    )
     env.cluster.put_configmap(broken)
     ready, detail = env.quota.ready()
     assert ready and "gpu-quota" in detail["policyErrors"]
@@ -276,13 +328,23 @@ def test_policy_configmap_edit_takes_effect_and_bad_edit_keeps_last_good(index: 
 
 def test_malformed_policy_configmap_is_refused_at_save(index: CatalogueIndex) -> None:
     env = Env(index, RESEARCH)
-    broken = policy_configmap({"tenants": [{"name": "x", "rules": [{"name": "r", "expression": "claim.>", "message": "m"}]}]}, name="other")
+    broken = policy_configmap(
+        {"tenants": [{"name": "x", "rules": [{"name": "r", "expression": "claim.>", "message": "m"}]}]}, name="other"
+    )
     decision = env.admission.validate(request(broken, kind="ConfigMap", namespace="dra-bridge"))
-    assert decision.outcome == "denied" and decision.response.status is not None and decision.response.status.code == 422
+    assert (
+        decision.outcome == "denied" and decision.response.status is not None and decision.response.status.code == 422
+    )
     assert "other: tenants[x].rules[r].expression: does not parse" in decision.message
     clash = policy_configmap({"tenants": [{"name": "research"}]}, name="other")
-    assert "tenant 'research' is already defined in gpu-quota" in env.admission.validate(request(clash, kind="ConfigMap", namespace="dra-bridge")).message
-    assert env.admission.validate(request(policy_configmap(RESEARCH), kind="ConfigMap", namespace="dra-bridge")).outcome == "allowed"
+    assert (
+        "tenant 'research' is already defined in gpu-quota"
+        in env.admission.validate(request(clash, kind="ConfigMap", namespace="dra-bridge")).message
+    )
+    assert (
+        env.admission.validate(request(policy_configmap(RESEARCH), kind="ConfigMap", namespace="dra-bridge")).outcome
+        == "allowed"
+    )
 
 
 def test_malformed_catalogue_configmap_is_refused_at_save(index: CatalogueIndex) -> None:
@@ -291,7 +353,9 @@ def test_malformed_catalogue_configmap_is_refused_at_save(index: CatalogueIndex)
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "catalogue-extra", "labels": {"dra-bridge.io/catalogue": "true"}},
-        "data": {"catalogue.yaml": "apiVersion: dra-bridge.io/v1alpha1\nkind: TranslationCatalogue\nsources: [{name: x, target: nowhere}]"},
+        "data": {
+            "catalogue.yaml": "apiVersion: dra-bridge.io/v1alpha1\nkind: TranslationCatalogue\nsources: [{name: x, target: nowhere}]"
+        },
     }
     from webhook.catalogue import parse_document
 

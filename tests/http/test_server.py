@@ -41,7 +41,11 @@ def test_denial_carries_status(live_server: LiveServer) -> None:
 def test_no_gpu_no_patch(live_server: LiveServer) -> None:
     with live_server.client() as client:
         answer = client.post("/mutate", json=review(pod(container()))).json()["response"]
-    assert answer == {"uid": "uid-1", "allowed": True}
+    assert answer == {
+        "uid": "uid-1",
+        "allowed": True,
+        "auditAnnotations": {"decision": "allowed", "reason": "no-legacy-request"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -91,7 +95,11 @@ def test_missing_object_is_400(live_server: LiveServer) -> None:
 def test_unexpected_kind_is_allowed_unchanged(live_server: LiveServer) -> None:
     with live_server.client() as client:
         answer = client.post("/mutate", json=review({"metadata": {"name": "x"}}, kind="Service")).json()["response"]
-    assert answer == {"uid": "uid-1", "allowed": True}
+    assert answer == {
+        "uid": "uid-1",
+        "allowed": True,
+        "auditAnnotations": {"decision": "allowed", "reason": "not-a-pod-create"},
+    }
 
 
 def test_probes_and_metrics(live_server: LiveServer) -> None:
@@ -122,10 +130,16 @@ def test_quota_denial_from_the_example_policy(live_server: LiveServer) -> None:
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": "two-gpus", "namespace": "default"},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]}},
+        "spec": {
+            "devices": {
+                "requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]
+            }
+        },
     }
     with live_server.client() as client:
-        answer = client.post("/validate", json=review(claim, kind="ResourceClaim", namespace="default")).json()["response"]
+        answer = client.post("/validate", json=review(claim, kind="ResourceClaim", namespace="default")).json()[
+            "response"
+        ]
     assert answer["allowed"] is False and answer["status"]["code"] == 403
     assert answer["status"]["message"] == (
         "tenant namespace:default (default limits): devices per claim: requested 2, in use 0, limit 1: "
