@@ -603,6 +603,10 @@ class ControlPlane:
             # No kubelets/real endpoints here; a loopback endpoint for the
             # "kubernetes" service would be rejected by validation anyway.
             "--endpoint-reconciler-type=none",
+            # Reach Services (a Service-based webhook, an aggregated API) through their Endpoints,
+            # never their ClusterIP: there are no endpoints here, so the apiserver fails without
+            # dialing anything, and no traffic ever leaves loopback for the private service range.
+            "--enable-aggregator-routing=true",
             f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
             "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User",
