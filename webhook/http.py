@@ -63,19 +63,19 @@ def create_app(
         except AuditWriteError:
             log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
             metrics.audit_write_failures.inc(webhook)
-            metrics.decisions.inc(webhook, "error", "audit-write-failed")
+            metrics.decisions.inc(webhook, "error", "audit-write-failed", "")
             return JSONResponse(
                 {"message": "the decision could not be recorded; the webhook's failurePolicy applies"}, status_code=500
             )
         except NotReady as err:
-            metrics.decisions.inc(webhook, "error", "not-ready")
+            metrics.decisions.inc(webhook, "error", "not-ready", "")
             return JSONResponse({"message": f"not ready: {err}; the webhook's failurePolicy applies"}, status_code=503)
         except Exception:
             log.exception("internal error deciding %s uid=%s", webhook, admission_request.uid)
-            metrics.decisions.inc(webhook, "error", "internal-error")
+            metrics.decisions.inc(webhook, "error", "internal-error", "")
             return JSONResponse({"message": "internal error; the webhook's failurePolicy applies"}, status_code=500)
         elapsed = time.perf_counter() - started
-        metrics.decisions.inc(webhook, decision.outcome, decision.reason)
+        metrics.decisions.inc(webhook, decision.outcome, decision.reason, decision.tenant or "")
         metrics.latency.observe(elapsed, webhook)
         for conversion in decision.conversions:
             for legacy_name in conversion.legacy:

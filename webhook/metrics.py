@@ -92,8 +92,8 @@ class Metrics:
     def __init__(self) -> None:
         self.decisions = Counter(
             "dra_bridge_admission_decisions_total",
-            "Admission decisions by webhook, outcome (allowed, patched, denied, error) and reason.",
-            ("webhook", "outcome", "reason"),
+            "Admission decisions by webhook, outcome (allowed, patched, denied, error), reason and tenant.",
+            ("webhook", "outcome", "reason", "tenant"),
         )
         self.latency = Histogram(
             "dra_bridge_admission_duration_seconds", "Time to decide one AdmissionReview.", ("webhook",)

@@ -221,14 +221,29 @@ def test_env_names_and_values_are_settings(docs: Docs) -> None:
         assert var["name"].startswith("DRA_BRIDGE_"), var["name"]
         field = var["name"].removeprefix("DRA_BRIDGE_").lower()
         assert field in Settings.model_fields, f"{var['name']} is not a setting of webhook/settings.py"
-        if "valueFrom" in var:
-            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-            values[field] = NAMESPACE
+        if "valueFrom" in var:  # only the downward API: the Pod's namespace, or its name as the replica id
+            downward = {"namespace": "metadata.namespace", "replica": "metadata.name"}
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": downward[field]}}
+            values[field] = NAMESPACE if field == "namespace" else "dra-bridge-7d9f-abcde"
         else:
             values[field] = var["value"]
     settings = Settings(**values)  # the values parse
     assert settings.port == 8443
     assert settings.namespace == NAMESPACE
+    assert settings.quota_coordination == "lease"  # two replicas: exact quota needs the shared Lease
+    assert settings.audit_file.startswith("/var/log/dra-bridge/")
+
+
+def test_the_audit_log_has_a_volume_large_enough_for_its_rotation(docs: Docs) -> None:
+    container = webhook_container(docs)
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    from webhook.quantity import parse_quantity
+
+    volume = volumes[mounts["/var/log/dra-bridge"]]
+    needed = int(env["DRA_BRIDGE_AUDIT_MAX_BYTES"]) * (int(env["DRA_BRIDGE_AUDIT_MAX_FILES"]) + 1)
+    assert parse_quantity(volume["emptyDir"]["sizeLimit"]) >= needed  # else the kubelet evicts the Pod
 
 
 def test_certificates_come_from_the_tls_secret_without_subpath(docs: Docs) -> None:

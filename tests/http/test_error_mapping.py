@@ -32,7 +32,7 @@ def test_unsynced_caches_answer_503_so_the_failure_policy_decides() -> None:
     runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES), cluster=_Unsynced())
     response = post(runtime.app, "/mutate", review(pod(container(limits={"nvidia.com/gpu": "1"}))))
     assert response.status_code == 503 and "not ready" in response.json()["message"]
-    assert 'outcome="error",reason="not-ready"' in runtime.metrics.render()
+    assert 'outcome="error",reason="not-ready",tenant=""' in runtime.metrics.render()
 
 
 def test_an_internal_error_is_a_500_never_a_denial() -> None:
@@ -46,4 +46,4 @@ def test_an_internal_error_is_a_500_never_a_denial() -> None:
     app = create_app(mutate=crash, validate=crash, metrics=metrics, readiness=lambda: (True, {}))
     response = post(app, "/validate", review(pod(container())))
     assert response.status_code == 500 and "failurePolicy" in response.json()["message"]
-    assert 'outcome="error",reason="internal-error"' in metrics.render()
+    assert 'outcome="error",reason="internal-error",tenant=""' in metrics.render()

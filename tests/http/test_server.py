@@ -110,7 +110,9 @@ def test_probes_and_metrics(live_server: LiveServer) -> None:
         client.post("/mutate", json=review(pod(container(limits={"amd.com/gpu": "1"}))))
         text = client.get("/metrics").text
     assert 'dra_bridge_conversions_total{legacy_name="amd.com/gpu"}' in text
-    assert 'dra_bridge_admission_decisions_total{webhook="mutate",outcome="patched",reason="converted"}' in text
+    assert (
+        'dra_bridge_admission_decisions_total{webhook="mutate",outcome="patched",reason="converted",tenant=""}' in text
+    )
     assert "dra_bridge_admission_duration_seconds_bucket" in text
 
 
@@ -154,3 +156,33 @@ def test_readyz_reports_the_policy_version(live_server: LiveServer) -> None:
     with live_server.client() as client:
         body = client.get("/readyz").json()
     assert body["ready"] is True and body["policyVersion"] == "gpu-quota-example@1"
+
+
+def test_decisions_are_counted_by_tenant(live_server: LiveServer) -> None:
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "one", "namespace": "ml-research"},
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "g",
+                        "exactly": {
+                            "deviceClassName": "shared.hami-core.dra-bridge.io",
+                            "capacity": {"requests": {"memory": "1Gi"}},
+                        },
+                    }
+                ]
+            }
+        },
+    }
+    with live_server.client() as client:
+        assert client.post("/validate", json=review(claim, kind="ResourceClaim", namespace="ml-research")).json()[
+            "response"
+        ]["allowed"]
+        text = client.get("/metrics").text
+    assert (
+        'dra_bridge_admission_decisions_total{webhook="validate",outcome="allowed",reason="within-quota",tenant="research"} 1'
+        in text
+    )

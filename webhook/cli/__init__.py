@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from webhook.cli import audit, certs, convert, deviceclasses, policy, serve
+from webhook.cli import audit, certs, convert, deviceclasses, policy, report, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Move legacy GPU requests to Kubernetes Dynamic Resource Allocation, and enforce GPU quota.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, convert, deviceclasses, policy, certs, audit):
+    for module in (serve, convert, deviceclasses, policy, certs, audit, report):
         module.add_parser(commands)
     return parser
 

@@ -42,18 +42,23 @@ def _files(names: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        index = load_index(args)
-        sources = _files(args.filename)
-    except (CatalogueError, OSError) as err:
-        return fail(str(err))
+def read_documents(names: list[str]) -> list[Any]:
+    """Every YAML document in the named files, folders (recursively) or stdin, in order."""
     documents: list[Any] = []
-    for origin, text in sources:
+    for origin, text in _files(names):
         try:
             documents.extend(d for d in yaml.safe_load_all(text) if d is not None)
         except yaml.YAMLError as err:
-            return fail(f"{origin}: not valid YAML: {err}")
+            raise ValueError(f"{origin}: not valid YAML: {err}") from None
+    return documents
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        index = load_index(args)
+        documents = read_documents(args.filename)
+    except (CatalogueError, OSError, ValueError) as err:
+        return fail(str(err))
     result = convert_documents(documents, index=index, namespace=args.namespace)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

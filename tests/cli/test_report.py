@@ -1,0 +1,152 @@
+"""``dra-bridge report`` on a folder of realistic manifests: table, JSON, HTML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cli.test_convert import MANIFESTS, run
+from tests.conftest import POLICIES
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The convert fixtures plus a workload that cannot be converted and a native DeviceClass."""
+    root = tmp_path_factory.mktemp("manifests")
+    shutil.copytree(MANIFESTS, root / "apps")
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "half-gpu", "namespace": "ml-research"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {
+                    "containers": [{"name": "c", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "0.5"}}}]
+                },
+            },
+        },
+    }
+    owned = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "llm-finetune-abc-xyz",
+            "namespace": "ml-research",
+            "ownerReferences": [
+                {
+                    "kind": "ReplicaSet",
+                    "name": "llm-finetune-abc",
+                    "controller": True,
+                    "apiVersion": "apps/v1",
+                    "uid": "u",
+                }
+            ],
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+    }
+    (root / "more.yaml").write_text(yaml.safe_dump_all([bad, owned]))
+    classes = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": "gpu.amd.com"},
+        "spec": {"extendedResourceName": "amd.com/gpu"},
+    }
+    (root.parent / "classes.yaml").write_text(yaml.safe_dump(classes))
+    return root
+
+
+def report_json(folder: Path) -> dict[str, Any]:
+    result = run(
+        "report",
+        "-f",
+        str(folder),
+        "--policies",
+        str(POLICIES),
+        "--deviceclasses",
+        str(folder.parent / "classes.yaml"),
+        "-o",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_every_legacy_workload_is_reported_once(folder: Path) -> None:
+    rows = {(r["kind"], r["namespace"], r["name"]): r for r in report_json(folder)["workloads"]}
+    assert ("Pod", "ml-research", "llm-finetune-abc-xyz") not in rows  # owned by a controller: its owner is reported
+    assert ("ConfigMap", "apps", "settings") not in rows and ("Deployment", "apps", "web") not in rows  # no GPU
+    assert len(rows) == 16
+
+
+def test_what_each_becomes_and_the_totals(folder: Path) -> None:
+    data = report_json(folder)
+    rows = {r["name"]: r for r in data["workloads"]}
+    finetune = rows["llm-finetune"]
+    assert finetune["tenant"] == "research" and finetune["status"] == "convertible"
+    assert finetune["becomes"] == "trainer: 4 whole devices (nvidia)"
+    assert finetune["replicas"] == 2 and finetune["gpus"] == 8
+    assert finetune["memory"] == 2 * 4 * 80 * 2**30  # whole GPUs at the class memory the example policy declares
+    assert rows["notebook"]["tenant"] == "research" and rows["notebook"]["gpus"] == 1
+    research = next(t for t in data["tenants"] if t["tenant"] == "research")
+    assert research["workloads"] == 3 and research["gpus"] == 8 + 1 + 0
+    assert data["byLegacyName"]["nvidia.com/gpu"] == 4
+
+
+def test_cannot_convert_native_and_opted_out_are_explained(folder: Path) -> None:
+    data = report_json(folder)
+    rows = {r["name"]: r for r in data["workloads"]}
+    assert rows["half-gpu"]["status"] == "cannot-convert"
+    assert rows["half-gpu"]["becomes"] == "container 'c': nvidia.com/gpu: 0.5 is not a whole number"
+    assert (
+        rows["rocm-bench"]["status"] == "native"
+        and rows["rocm-bench"]["becomes"] == "served natively: amd.com/gpu by gpu.amd.com"
+    )
+    assert rows["opted-out"]["status"] == "opted-out"
+    assert data["nativeDeviceClasses"] == {"amd.com/gpu": "gpu.amd.com"}
+
+
+def test_table(folder: Path) -> None:
+    result = run("report", "-f", str(folder), "--policies", str(POLICIES))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["TENANT", "NAMESPACE", "WORKLOAD", "REPLICAS"]
+    assert "Cannot be converted:" in lines
+    assert any(line.strip().startswith("Deployment/ml-research/half-gpu: container 'c'") for line in lines)
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.bars = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "rect" and ("class", "bar") in attrs:
+            self.bars += 1
+
+
+def test_html_page_with_a_chart(folder: Path) -> None:
+    result = run("report", "-f", str(folder), "--policies", str(POLICIES), "-o", "html")
+    assert result.returncode == 0, result.stderr
+    parser = _Collector()
+    parser.feed(result.stdout)
+    tenants = len(report_json(folder)["tenants"])
+    assert parser.bars == tenants and "svg" in parser.tags and parser.tags.count("table") == 3
+    assert "<script" not in result.stdout  # a static page: nothing to execute
+
+
+def test_unreadable_input_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("a: [")
+    result = run("report", "-f", str(tmp_path))
+    assert result.returncode == 1 and "not valid YAML" in result.stderr and result.stdout == ""

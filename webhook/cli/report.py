@@ -1,0 +1,119 @@
+"""``dra-bridge report``: the migration report, from manifests or from a live cluster.
+
+From files: ``dra-bridge report -f manifests/ [--policies DIR] [--deviceclasses FILE]``. From the
+cluster: ``dra-bridge report --cluster`` (kubeconfig or in-cluster), which reads workloads,
+namespace labels, policy ConfigMaps and DeviceClasses. Output: a table, JSON, or an HTML page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.catalogue import CatalogueError
+from webhook.cli.common import add_policies_flag, fail, load_index
+from webhook.cli.convert import read_documents
+from webhook.enforcement import PolicyStore
+from webhook.report import build_report, render_html, render_table
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="which workloads still use legacy GPU requests, and what they would become",
+        description="Reads manifests (-f) or a live cluster (--cluster) and reports every workload with legacy "
+        "GPU requests: by namespace, tenant and legacy name, what it would become, what cannot be converted "
+        "and why, GPUs and GPU memory per tenant, and DeviceClasses that serve legacy names natively.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--filename", action="append", help="file, folder or - for stdin")
+    source.add_argument("--cluster", action="store_true", help="read the cluster of the current kubeconfig")
+    parser.add_argument("--deviceclasses", type=Path, help="with -f: DeviceClasses (YAML) to find native names")
+    parser.add_argument("--namespace", default="dra-bridge", help="with --cluster: where policy ConfigMaps live")
+    parser.add_argument("--timeout", type=float, default=120.0, help="with --cluster: seconds to wait for caches")
+    parser.add_argument("-o", "--output", choices=("table", "json", "html"), default="table")
+    add_policies_flag(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        index = load_index(args)
+    except (CatalogueError, OSError) as err:
+        return fail(str(err))
+    policies = PolicyStore()
+    if args.cluster:
+        try:
+            objects, labels, native = _from_cluster(args, policies)
+        except TimeoutError as err:
+            return fail(str(err))
+    else:
+        try:
+            objects = read_documents(args.filename)
+            native = _native_from_file(args.deviceclasses) if args.deviceclasses else {}
+        except (OSError, yaml.YAMLError, ValueError) as err:
+            return fail(str(err))
+        labels = {}
+        if args.policies is not None:
+            from webhook.server import policy_files
+
+            for path in policy_files(args.policies):
+                policies.on_configmap("ADDED", _as_configmap(path))
+    for name, error in policies.errors.items():
+        print(f"warning: policy {name} ignored: {error}", file=sys.stderr)
+    report = build_report(objects, index=index, policies=policies.current, namespace_labels=labels, native=native)
+    if args.output == "json":
+        json.dump(report.as_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.output == "html":
+        sys.stdout.write(render_html(report))
+    else:
+        sys.stdout.write(render_table(report))
+    return 0
+
+
+def _as_configmap(path: Path) -> dict[str, Any]:
+    for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        if isinstance(document, dict) and document.get("kind") == "ConfigMap":
+            document.setdefault("metadata", {}).setdefault("resourceVersion", "file")
+            return document
+    return {"metadata": {"name": path.name, "resourceVersion": "file"}, "data": {"policy.yaml": path.read_text()}}
+
+
+def _native_from_file(path: Path) -> dict[str, str]:
+    native = {}
+    for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        items = document.get("items", [document]) if isinstance(document, dict) else []
+        for item in items:
+            name = (item.get("spec") or {}).get("extendedResourceName") if isinstance(item, dict) else None
+            if item.get("kind") == "DeviceClass" and name:
+                native[str(name)] = str(item["metadata"]["name"])
+    return native
+
+
+def _from_cluster(
+    args: argparse.Namespace, policies: PolicyStore
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]], dict[str, str]]:
+    from webhook.cluster.kube import KubeCluster
+
+    cluster = KubeCluster.from_environment(namespace=args.namespace)
+    cluster.watch("policy-configmaps", policies.on_configmap)
+    cluster.start()
+    try:
+        deadline = time.monotonic() + args.timeout
+        while not cluster.ready()[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"caches did not sync within {args.timeout:g}s: {cluster.ready()[1]}")
+            time.sleep(0.2)
+        objects = list(cluster.list_workloads())
+        labels = {name: dict(value) for name, value in cluster.namespaces().items()}
+        native = dict(cluster.native_extended_resources())
+    finally:
+        cluster.stop()
+    return objects, labels, native
