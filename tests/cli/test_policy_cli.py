@@ -29,20 +29,39 @@ def test_check_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"tenants": [{"name": "a", "limits": {"devices": {"gpu.nvidia.com": 1}}}]}, "'gpu.nvidia.com' matches no known DeviceClass"),
-        ({"tenants": [{"name": "a", "allowedClasses": ["whole.amd.dra-bridge.io", "mig.*"]}]}, "allowedClasses: 'mig.*' matches no known"),
+        (
+            {"tenants": [{"name": "a", "limits": {"devices": {"gpu.nvidia.com": 1}}}]},
+            "'gpu.nvidia.com' matches no known DeviceClass",
+        ),
+        (
+            {"tenants": [{"name": "a", "allowedClasses": ["whole.amd.dra-bridge.io", "mig.*"]}]},
+            "allowedClasses: 'mig.*' matches no known",
+        ),
         ({"classes": {"ghost": {"memory": "1Gi"}}}, "classes: 'ghost' is not a known DeviceClass"),
-        ({"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "pod.x ==", "message": "m"}]}]}, "rules[r].expression: does not parse"),
+        (
+            {"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "pod.x ==", "message": "m"}]}]},
+            "rules[r].expression: does not parse",
+        ),
     ],
 )
-def test_check_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: dict[str, object], fragment: str) -> None:
+def test_check_reports_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: dict[str, object], fragment: str
+) -> None:
     assert main(["policy", "check", str(write(tmp_path, body))]) == 1
     assert fragment in capsys.readouterr().err
 
 
 def test_check_knows_classes_from_the_cluster(tmp_path: Path) -> None:
     classes = tmp_path / "classes.yaml"
-    classes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [{"kind": "DeviceClass", "metadata": {"name": "gpu.nvidia.com"}}]}))
+    classes.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [{"kind": "DeviceClass", "metadata": {"name": "gpu.nvidia.com"}}],
+            }
+        )
+    )
     path = write(tmp_path, {"tenants": [{"name": "a", "limits": {"devices": {"gpu.nvidia.com": 1}}}]})
     assert main(["policy", "check", str(path), "--classes-from", str(classes)]) == 0
 
@@ -60,13 +79,21 @@ def test_usage_against_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     cluster.add_claim(
         {
             "metadata": {"name": "c1", "namespace": "ml-research"},
-            "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 3}}]}},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 3}}
+                    ]
+                }
+            },
         }
     )
     args = argparse.Namespace(policies=POLICIES, tenant="research", timeout=5.0, output="json", namespace="dra-bridge")
     assert run_usage(args, cluster=cluster) == 0
     rows = {r["dimension"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["devices/whole.*.dra-bridge.io"]["used"] == "3" and rows["devices/whole.*.dra-bridge.io"]["limit"] == "8"
+    assert (
+        rows["devices/whole.*.dra-bridge.io"]["used"] == "3" and rows["devices/whole.*.dra-bridge.io"]["limit"] == "8"
+    )
     assert rows["memory"]["used"] == "240Gi" and rows["memory"]["limit"] == "640Gi"
     assert rows["claims"]["used"] == "1"
     args.output = "table"

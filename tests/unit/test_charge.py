@@ -31,17 +31,44 @@ def classes(index: CatalogueIndex) -> ClassResolver:
     [
         # firstAvailable: the largest alternative per class; whole devices at the declared (or catalogue) memory
         ({"nvidia.com/gpu": "2"}, {"whole.nvidia.dra-bridge.io": 2, "whole.example.dra-bridge.io": 2}, 160 * GI, 200),
-        ({"nvidia.com/gpumem": "4096", "nvidia.com/gpucores": "30"}, {"shared.hami-core.dra-bridge.io": 1, "shared.example.dra-bridge.io": 1}, 4 * GI, 30),
-        ({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "1024"}, {"shared.hami-core.dra-bridge.io": 2, "shared.nvidia.dra-bridge.io": 2, "shared.example.dra-bridge.io": 2}, 2 * GI, 0),
+        (
+            {"nvidia.com/gpumem": "4096", "nvidia.com/gpucores": "30"},
+            {"shared.hami-core.dra-bridge.io": 1, "shared.example.dra-bridge.io": 1},
+            4 * GI,
+            30,
+        ),
+        (
+            {"nvidia.com/gpu": "2", "nvidia.com/gpumem": "1024"},
+            {"shared.hami-core.dra-bridge.io": 2, "shared.nvidia.dra-bridge.io": 2, "shared.example.dra-bridge.io": 2},
+            2 * GI,
+            0,
+        ),
         # a percentage: the largest card's share
-        ({"nvidia.com/gpumem-percentage": "50"}, {"shared.hami-core.dra-bridge.io": 1, "shared.nvidia.dra-bridge.io": 1, "shared.example.dra-bridge.io": 1}, 40 * GI, 0),
+        (
+            {"nvidia.com/gpumem-percentage": "50"},
+            {"shared.hami-core.dra-bridge.io": 1, "shared.nvidia.dra-bridge.io": 1, "shared.example.dra-bridge.io": 1},
+            40 * GI,
+            0,
+        ),
         # MIG 3g.20gb: 20 GB and 3/7 of a GPU as the partition; its vGPU equivalent rounds both up
         # (19074Mi, 43 %), and the larger alternative is charged
-        ({"nvidia.com/mig-3g.20gb": "1"}, {"partition.nvidia.dra-bridge.io": 1, "shared.hami-core.dra-bridge.io": 1}, 19074 * 2**20, 43),
+        (
+            {"nvidia.com/mig-3g.20gb": "1"},
+            {"partition.nvidia.dra-bridge.io": 1, "shared.hami-core.dra-bridge.io": 1},
+            19074 * 2**20,
+            43,
+        ),
         ({"google.com/tpu": "4"}, {"whole.tpu.dra-bridge.io": 4}, 0, 400),
     ],
 )
-def test_charge_of_converted_claims(index: CatalogueIndex, classes: ClassResolver, limits: dict[str, Any], devices: dict[str, int], memory: int, compute: int) -> None:
+def test_charge_of_converted_claims(
+    index: CatalogueIndex,
+    classes: ClassResolver,
+    limits: dict[str, Any],
+    devices: dict[str, int],
+    memory: int,
+    compute: int,
+) -> None:
     result = charge(basis(spec_for(index, limits)), classes=classes)
     assert dict(result.devices) == devices
     assert result.memory == memory
@@ -50,7 +77,13 @@ def test_charge_of_converted_claims(index: CatalogueIndex, classes: ClassResolve
 
 
 def test_all_mode_counts_32(classes: ClassResolver) -> None:
-    spec = {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "whole.tpu.dra-bridge.io", "allocationMode": "All"}}]}}
+    spec = {
+        "devices": {
+            "requests": [
+                {"name": "r", "exactly": {"deviceClassName": "whole.tpu.dra-bridge.io", "allocationMode": "All"}}
+            ]
+        }
+    }
     assert charge(basis(spec), classes=classes).devices == {"whole.tpu.dra-bridge.io": ALL_MODE_COUNT}
 
 
@@ -64,8 +97,21 @@ def test_requests_add_up_and_bad_capacity_counts_zero(classes: ClassResolver) ->
     spec = {
         "devices": {
             "requests": [
-                {"name": "a", "exactly": {"deviceClassName": "shared.hami-core.dra-bridge.io", "capacity": {"requests": {"memory": "2Gi", "cores": "10"}}}},
-                {"name": "b", "exactly": {"deviceClassName": "shared.hami-core.dra-bridge.io", "count": 2, "capacity": {"requests": {"memory": "bogus", "cores": "20"}}}},
+                {
+                    "name": "a",
+                    "exactly": {
+                        "deviceClassName": "shared.hami-core.dra-bridge.io",
+                        "capacity": {"requests": {"memory": "2Gi", "cores": "10"}},
+                    },
+                },
+                {
+                    "name": "b",
+                    "exactly": {
+                        "deviceClassName": "shared.hami-core.dra-bridge.io",
+                        "count": 2,
+                        "capacity": {"requests": {"memory": "bogus", "cores": "20"}},
+                    },
+                },
                 "not-a-request",
             ]
         }
@@ -89,7 +135,9 @@ def test_partition_memory_and_compute_come_from_the_profile(classes: ClassResolv
                     "exactly": {
                         "deviceClassName": "partition.nvidia.dra-bridge.io",
                         "count": 2,
-                        "selectors": [{"cel": {"expression": "device.attributes['gpu.nvidia.com'].profile == '3g.20gb'"}}],
+                        "selectors": [
+                            {"cel": {"expression": "device.attributes['gpu.nvidia.com'].profile == '3g.20gb'"}}
+                        ],
                     },
                 }
             ]

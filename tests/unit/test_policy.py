@@ -47,13 +47,32 @@ def test_explicit_list_wins_over_label_and_selector() -> None:
         ({"tenants": [{"name": "a", "limits": {"memory": "-1Gi"}}]}, ["tenants[a].limits.memory", "negative"]),
         ({"tenants": [{"name": "a", "limits": {"claims": -1}}]}, ["tenants[a].limits.claims", "-1"]),
         ({"tenants": [{"name": "a", "limits": {"devices": {"x": -2}}}]}, ["devices[x]", "-2 is negative"]),
-        ({"tenants": [{"name": "a", "limits": {"perPod": {"gpus": 1}}}]}, ["tenants[a].limits.perPod.gpus", "Extra inputs"]),
+        (
+            {"tenants": [{"name": "a", "limits": {"perPod": {"gpus": 1}}}]},
+            ["tenants[a].limits.perPod.gpus", "Extra inputs"],
+        ),
         ({"tenants": [{"name": "A"}]}, ["tenants[A].name", "'A'"]),
         ({"tenants": [{"name": "a"}, {"name": "a"}]}, ["tenant names must be unique, a repeat"]),
-        ({"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "claim.x >", "message": "m"}]}]}, ["tenants[a].rules[r].expression", "does not parse"]),
-        ({"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "secrets.x == 1", "message": "m"}]}]}, ["tenants[a].rules[r].expression", "unknown variable(s) secrets"]),
-        ({"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "true", "message": ""}]}]}, ["rules[r].message"]),
-        ({"default": {"rules": [{"name": "r", "expression": "claim.a.all(x, x.b.all(y, y.c.all(z, z)))", "message": "m"}]}}, ["default.rules[r].expression", "nest 3 deep"]),
+        (
+            {"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "claim.x >", "message": "m"}]}]},
+            ["tenants[a].rules[r].expression", "does not parse"],
+        ),
+        (
+            {"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "secrets.x == 1", "message": "m"}]}]},
+            ["tenants[a].rules[r].expression", "unknown variable(s) secrets"],
+        ),
+        (
+            {"tenants": [{"name": "a", "rules": [{"name": "r", "expression": "true", "message": ""}]}]},
+            ["rules[r].message"],
+        ),
+        (
+            {
+                "default": {
+                    "rules": [{"name": "r", "expression": "claim.a.all(x, x.b.all(y, y.c.all(z, z)))", "message": "m"}]
+                }
+            },
+            ["default.rules[r].expression", "nest 3 deep"],
+        ),
         ({"kind": "Quota"}, ["kind", "'Quota'"]),
     ],
 )
@@ -66,7 +85,14 @@ def test_errors_name_field_and_value(body: dict[str, object], fragments: list[st
         assert fragment in text
 
 
-@pytest.mark.parametrize(("text", "fragment"), [("a: [", "not valid YAML"), ("- 1", "expected a QuotaPolicy"), ("kind: ConfigMap\ndata: {}", "no data key 'policy.yaml'")])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: [", "not valid YAML"),
+        ("- 1", "expected a QuotaPolicy"),
+        ("kind: ConfigMap\ndata: {}", "no data key 'policy.yaml'"),
+    ],
+)
 def test_unreadable(text: str, fragment: str) -> None:
     with pytest.raises(PolicyError, match=fragment):
         parse_policy_document(text, origin="x")

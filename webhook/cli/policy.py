@@ -62,7 +62,9 @@ def run_check(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             text = path.read_text(encoding="utf-8")
-            documents.append((PolicySource(name=str(path), version="file"), parse_policy_document(text, origin=str(path))))
+            documents.append(
+                (PolicySource(name=str(path), version="file"), parse_policy_document(text, origin=str(path)))
+            )
         except (OSError, PolicyError) as err:
             problems.append(str(err))
     if not problems:
@@ -84,7 +86,10 @@ def run_check(args: argparse.Namespace) -> int:
 def known_classes(index: CatalogueIndex, *, extra: Iterable[Path] = ()) -> set[str]:
     catalogue = index.catalogue
     names = {
-        catalogue.class_name(kind, driver.name) for driver in catalogue.drivers for kind in DEVICE_KINDS if driver.kind(kind)
+        catalogue.class_name(kind, driver.name)
+        for driver in catalogue.drivers
+        for kind in DEVICE_KINDS
+        if driver.kind(kind)
     }
     for path in extra:
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
@@ -159,11 +164,25 @@ def usage_rows(enforcer: QuotaEnforcer, *, tenant_filter: str | None) -> list[di
         limits = tenant.limits
         base = {"tenant": tenant.name, "namespaces": ",".join(namespaces), "policy": str(tenant.source)}
         for pattern, limit in sorted(limits.devices.items()):
-            rows.append({**base, "dimension": f"devices/{pattern}", "used": str(usage.matched.get(pattern, 0)), "limit": str(limit)})
+            rows.append(
+                {
+                    **base,
+                    "dimension": f"devices/{pattern}",
+                    "used": str(usage.matched.get(pattern, 0)),
+                    "limit": str(limit),
+                }
+            )
         if limits.memory is not None:
             rows.append({**base, "dimension": "memory", "used": _bytes(usage.memory), "limit": _bytes(limits.memory)})
         if limits.compute is not None:
-            rows.append({**base, "dimension": "compute", "used": f"{float(usage.compute):g}%", "limit": f"{float(limits.compute):g}%"})
+            rows.append(
+                {
+                    **base,
+                    "dimension": "compute",
+                    "used": f"{float(usage.compute):g}%",
+                    "limit": f"{float(limits.compute):g}%",
+                }
+            )
         if limits.claims is not None:
             rows.append({**base, "dimension": "claims", "used": str(usage.claims), "limit": str(limits.claims)})
     return rows
