@@ -83,7 +83,7 @@ class Admission:
 
     # -- mutate ------------------------------------------------------------------------------
     def mutate(self, request: AdmissionRequest) -> Decision:
-        return _decide("mutate", request, self._mutate)
+        return _decide("mutate", request, self._mutate, tenant=lambda: self._tenant_name(request.namespace))
 
     def _mutate(self, request: AdmissionRequest) -> Decision:
         if request.kind.kind != "Pod" or request.operation != "CREATE" or request.sub_resource:
@@ -114,7 +114,15 @@ class Admission:
             message="; ".join(f"{c.container}: {c.summary}" for c in plan.conversions),
             conversions=plan.conversions,
             templates_created=created,
+            tenant=self._tenant_name(namespace),
         )
+
+    def _tenant_name(self, namespace: str) -> str | None:
+        """The tenant a namespace belongs to, for the audit log and metrics (None without a policy)."""
+        if self.quota is None or not namespace:
+            return None
+        tenant = self.quota.tenant_of(namespace)
+        return tenant.name if tenant is not None else None
 
     def _require_ready(self) -> None:
         """Never decide from caches that have not synced: the failurePolicy decides instead."""
@@ -128,7 +136,7 @@ class Admission:
 
     # -- validate ----------------------------------------------------------------------------
     def validate(self, request: AdmissionRequest) -> Decision:
-        return _decide("validate", request, self._validate)
+        return _decide("validate", request, self._validate, tenant=lambda: self._tenant_name(request.namespace))
 
     def _validate(self, request: AdmissionRequest) -> Decision:
         kind = request.kind.kind
@@ -328,7 +336,11 @@ def _allow(
 
 
 def _decide(
-    webhook: Literal["mutate", "validate"], request: AdmissionRequest, handler: Callable[[AdmissionRequest], Decision]
+    webhook: Literal["mutate", "validate"],
+    request: AdmissionRequest,
+    handler: Callable[[AdmissionRequest], Decision],
+    *,
+    tenant: Callable[[], str | None],
 ) -> Decision:
     try:
         return handler(request)
@@ -340,6 +352,7 @@ def _decide(
             outcome="denied",
             reason=reason,
             message=str(err),
+            tenant=tenant(),
         )
 
 

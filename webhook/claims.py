@@ -91,18 +91,17 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
             assert driver.partition is not None and demand.profile is not None
             selector = f"device.attributes[{_cel_str(driver.driver)}].{driver.partition.profile_attribute} == {_cel_str(demand.profile)}"
             out.append(_sub(catalogue, "partition", driver, driver_name, demand.count, selectors=[selector]))
-        if demand.equivalent_memory is not None:  # the same slice as a vGPU
-            for driver_name in target.partition_as_shared:
-                shared_demand: tuple[Fraction | None, ...] = (
-                    demand.equivalent_memory,
-                    None,
-                    demand.equivalent_compute_percent,
-                )
-                out.extend(_shared(catalogue, catalogue.driver(driver_name), demand.count, *shared_demand, skipped))
-    else:
-        for driver_name in target.shared:
-            shared_demand = (demand.memory, demand.memory_percent, demand.compute_percent)  # same order as above
-            out.extend(_shared(catalogue, catalogue.driver(driver_name), demand.count, *shared_demand, skipped))
+    # Shared devices: the demand itself, or a partition's equivalent vGPU (same memory and compute).
+    shared_drivers: tuple[str, ...] = ()
+    memory, memory_percent, compute_percent = demand.memory, demand.memory_percent, demand.compute_percent
+    if demand.kind == "shared":
+        shared_drivers = target.shared
+    elif demand.kind == "partition" and demand.equivalent_memory is not None:
+        shared_drivers = target.partition_as_shared
+        memory, memory_percent, compute_percent = demand.equivalent_memory, None, demand.equivalent_compute_percent
+    for driver_name in shared_drivers:
+        driver = catalogue.driver(driver_name)
+        out.extend(_shared(catalogue, driver, demand.count, memory, memory_percent, compute_percent, skipped))
     what = ", ".join(lv.name for lv in demand.legacy)
     if not out:
         why = f" ({'; '.join(skipped)})" if skipped else ""
