@@ -129,7 +129,7 @@ def _conversion(c: Conversion) -> dict[str, Any]:
     }
 
 
-def _figure(q: QuotaFigure) -> dict[str, str]:
+def _figure(q: QuotaFigure) -> dict[str, str | bool]:
     return {
         "dimension": q.dimension,
         "requested": q.requested,
