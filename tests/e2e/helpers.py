@@ -1,0 +1,420 @@
+"""Helpers for the end-to-end tests: kubectl, apply, waiting, the fake GPU inventory and the
+dra-bridge server process. Fixtures in conftest.py wire them; quota scenarios reuse them.
+
+Everything binds to 127.0.0.1. There is no kubelet: Pods are scheduled (``spec.nodeName`` set,
+claims allocated) but never run, and a deleted Pod is only gone once force-deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.e2e.controlplane import LOOPBACK, ControlPlane, _pdeathsig, free_port, tail
+from webhook.certs import create_ca, create_serving_cert, write_pair
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = REPO_ROOT / "deploy"
+DEVICECLASSES = DEPLOY / "deviceclasses" / "deviceclasses.yaml"
+WEBHOOKS = DEPLOY / "base" / "webhooks.yaml"
+BRIDGE_NAMESPACE = "dra-bridge"
+
+T = TypeVar("T")
+
+
+# -- waiting -----------------------------------------------------------------------------------
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 60.0,
+    *,
+    interval: float = 0.25,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that; fail after ``timeout``.
+
+    Exceptions count as "not yet" (the last one is reported), so predicates may read objects that
+    do not exist yet. ``what`` may be a function, called only on failure (diagnostics).
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except Exception as err:
+            last = f"{type(err).__name__}: {err}"
+        if time.monotonic() > deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {detail or predicate!r}; last: {last}")
+        time.sleep(interval)
+
+
+# -- kubectl -----------------------------------------------------------------------------------
+class Kube:
+    """kubectl and a few object helpers against one control plane, as its admin."""
+
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self.cp = control_plane
+        self.kubeconfig = control_plane.kubeconfig
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, input=input, check=check, timeout=timeout)
+
+    def json(self, *args: str) -> dict[str, Any]:
+        return self.cp.kubectl_json(*args)
+
+    def apply(self, manifest: str | Mapping[str, Any] | Iterable[Mapping[str, Any]], *args: str) -> str:
+        """``kubectl apply --server-side`` of YAML text, one object or several."""
+        # Objects go as JSON: kubectl reads YAML 1.1, where a label value such as y or on is a bool.
+        if isinstance(manifest, str):
+            text = manifest
+        elif isinstance(manifest, Mapping):
+            text = json.dumps(manifest)
+        else:
+            text = json.dumps({"apiVersion": "v1", "kind": "List", "items": [dict(m) for m in manifest]})
+        return self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", *args, input=text).stdout
+
+    def create(self, manifest: Mapping[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl create -f -`` (as a user would), unchecked: callers look at the outcome."""
+        return self.kubectl("create", "-f", "-", "-o", "json", *args, input=json.dumps(manifest), check=False)
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        args = ["get", resource, name, "-o", "json", "--ignore-not-found"]
+        if namespace:
+            args += ["-n", namespace]
+        out = self.kubectl(*args).stdout.strip()
+        return json.loads(out) if out else None
+
+    def items(self, resource: str, *args: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.json("get", resource, *args)["items"]
+        return items
+
+    def namespace(self, prefix: str, labels: Mapping[str, str] | None = None) -> str:
+        """Create a namespace named ``<prefix>-<random>`` (prefix cut to a valid DNS label)."""
+        cleaned = re.sub(r"[^a-z0-9-]+", "-", prefix.lower())[:40].strip("-") or "e2e"
+        name = f"{cleaned}-{secrets.token_hex(3)}"
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}})
+        return name
+
+    def force_delete_pods(self, namespace: str) -> None:
+        """No kubelet confirms a graceful deletion here: remove the Pods at once (their claims follow)."""
+        self.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0", "--wait=false")
+
+
+# -- Pods and claims ---------------------------------------------------------------------------
+def pod(
+    name: str,
+    limits: Mapping[str, str] | None = None,
+    *,
+    annotations: Mapping[str, str] | None = None,
+    generate: bool = False,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "registry.example/app:1"}
+    if limits:
+        container["resources"] = {"limits": dict(limits)}
+    meta: dict[str, Any] = {"generateName": f"{name}-"} if generate else {"name": name}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 0},
+    }
+
+
+def legacy_keys(pod_obj: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Legacy names (resources or annotations) still on a stored Pod."""
+    wanted = set(names)
+    found = set(pod_obj["metadata"].get("annotations") or {}) & wanted
+    for c in pod_obj["spec"].get("containers", []) + pod_obj["spec"].get("initContainers", []):
+        resources = c.get("resources") or {}
+        for section in ("limits", "requests"):
+            found |= set(resources.get(section) or {}) & wanted
+    return sorted(found)
+
+
+def claims_of(kube: Kube, pod_obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ResourceClaims kube-controller-manager made for a Pod (from ``status.resourceClaimStatuses``)."""
+    namespace = pod_obj["metadata"]["namespace"]
+    out = []
+    for entry in (pod_obj.get("status") or {}).get("resourceClaimStatuses") or []:
+        if entry.get("resourceClaimName"):
+            found = kube.get("resourceclaims", entry["resourceClaimName"], namespace)
+            if found:
+                out.append(found)
+    return out
+
+
+def scheduled(kube: Kube, namespace: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The Pod and its claims once it is bound to a node and every claim is allocated, else None."""
+    found = kube.get("pod", name, namespace)
+    if not found or not found["spec"].get("nodeName"):
+        return None
+    wanted = len(found["spec"].get("resourceClaims") or [])
+    claims = claims_of(kube, found)
+    if len(claims) != wanted or not all((c.get("status") or {}).get("allocation") for c in claims):
+        return None
+    return found, claims
+
+
+def allocated_devices(claims: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [r for c in claims for r in c["status"]["allocation"]["devices"]["results"]]
+
+
+def why_pending(kube: Kube, namespace: str, name: str) -> str:
+    """Scheduler events and conditions of a Pod, for failure messages."""
+    found = kube.get("pod", name, namespace) or {}
+    events = kube.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", check=False
+    ).stdout
+    return json.dumps((found.get("status") or {}).get("conditions")) + "\n" + events
+
+
+# -- the fake GPU inventory --------------------------------------------------------------------
+NODES = {"nvidia": "gpu-nvidia-0", "hami": "gpu-hami-0", "example": "gpu-example-0"}
+MIG_PARENT_UUID = "GPU-2f7e0d6c-0000-4000-8000-000000000002"
+MIG_MEMORY = {"1g.5gb": "4864Mi", "3g.20gb": "19968Mi"}  # what an A100 40GB reports for its slices
+
+
+def _str(value: str) -> dict[str, str]:
+    return {"string": value}
+
+
+def _slice(node: str, driver: str, devices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-{driver}"},
+        "spec": {
+            "driver": driver,
+            "nodeName": node,
+            "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+            "devices": devices,
+        },
+    }
+
+
+def nvidia_slice() -> dict[str, Any]:
+    """Two whole A100 80GB GPUs, and a third GPU in MIG mode: one 3g.20gb and four 1g.5gb slices.
+
+    As the NVIDIA DRA driver publishes them: attribute ``type`` (gpu/mig), ``uuid``, ``productName``;
+    MIG devices add ``profile`` and ``parentUUID``; capacity ``memory`` (and ``multiprocessors``)."""
+    devices: list[dict[str, Any]] = [
+        {
+            "name": f"gpu-{i}",
+            "attributes": {
+                "type": _str("gpu"),
+                "uuid": _str(f"GPU-2f7e0d6c-0000-4000-8000-00000000000{i}"),
+                "productName": _str("NVIDIA A100-SXM4-80GB"),
+                "architecture": _str("Ampere"),
+            },
+            "capacity": {"memory": {"value": "80Gi"}, "multiprocessors": {"value": "108"}},
+        }
+        for i in range(2)
+    ]
+    slices = [("3g.20gb", 0, 42)] + [("1g.5gb", i, 14) for i in range(4)]
+    for profile, index, sms in slices:
+        devices.append(
+            {
+                "name": f"gpu-2-mig-{profile.replace('.', '-')}-{index}",
+                "attributes": {
+                    "type": _str("mig"),
+                    "profile": _str(profile),
+                    "parentUUID": _str(MIG_PARENT_UUID),
+                    "uuid": _str(f"MIG-{profile}-{index}-0000-4000-8000-000000000002"),
+                    "productName": _str("NVIDIA A100-SXM4-40GB"),
+                },
+                "capacity": {"memory": {"value": MIG_MEMORY[profile]}, "multiprocessors": {"value": str(sms)}},
+            }
+        )
+    return _slice(NODES["nvidia"], "gpu.nvidia.com", devices)
+
+
+def _consumable(value: str, *, minimum: str, step: str) -> dict[str, Any]:
+    """A consumable capacity. The apiserver requires a ``default`` with ``validRange``; like the HAMi
+    driver, a claim that names no amount gets the whole device's value."""
+    return {
+        "value": value,
+        "requestPolicy": {"default": value, "validRange": {"min": minimum, "max": value, "step": step}},
+    }
+
+
+def hami_slice() -> dict[str, Any]:
+    """Two HAMi-core vGPU-capable GPUs, shared by many claims: memory (1Mi steps) and cores (1-100),
+    as Project-HAMi/k8s-dra-driver publishes them (``hami-gpu-<minor>``, defaults = the whole GPU)."""
+    return _slice(
+        NODES["hami"],
+        "hami-core-gpu.project-hami.io",
+        [
+            {
+                "name": f"hami-gpu-{i}",
+                "allowMultipleAllocations": True,
+                "attributes": {
+                    "type": _str("hami-gpu"),
+                    "uuid": _str(f"GPU-hami-0000-4000-8000-00000000000{i}"),
+                    "productName": _str("NVIDIA A100-SXM4-80GB"),
+                    "architecture": _str("Ampere"),
+                },
+                "capacity": {
+                    "memory": _consumable("80Gi", minimum="1Mi", step="1Mi"),
+                    "cores": _consumable("100", minimum="1", step="1"),
+                },
+            }
+            for i in range(2)
+        ],
+    )
+
+
+def example_slice(count: int = 4) -> dict[str, Any]:
+    """Mock GPUs of the Kubernetes example driver, in its consumable mode (memory step 1Gi)."""
+    return _slice(
+        NODES["example"],
+        "gpu.example.com",
+        [
+            {
+                "name": f"gpu-{i}",
+                "allowMultipleAllocations": True,
+                "attributes": {
+                    "index": {"int": i},
+                    "uuid": _str(f"gpu-18db0e85-99e9-c746-8531-ffeb86328b3{i}"),
+                    "model": _str("LATEST-GPU-MODEL"),
+                    "driverVersion": {"version": "1.0.0"},
+                },
+                "capacity": {
+                    "memory": _consumable("80Gi", minimum="1Gi", step="1Gi"),
+                    "compute": _consumable("100", minimum="1", step="1"),
+                },
+            }
+            for i in range(count)
+        ],
+    )
+
+
+def gpu_inventory() -> list[dict[str, Any]]:
+    return [nvidia_slice(), hami_slice(), example_slice()]
+
+
+# -- webhook configurations --------------------------------------------------------------------
+def webhook_configurations(*, port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+    """The shipped Mutating/ValidatingWebhookConfiguration (deploy/base/webhooks.yaml), with only
+    ``clientConfig`` changed to reach the server on 127.0.0.1."""
+    bundle = base64.b64encode(ca_pem).decode()
+    configs = [d for d in yaml.safe_load_all(WEBHOOKS.read_text()) if d]
+    for config in configs:
+        for hook in config["webhooks"]:
+            path = hook["clientConfig"]["service"]["path"]
+            hook["clientConfig"] = {"url": f"https://{LOOPBACK}:{port}{path}", "caBundle": bundle}
+    return configs
+
+
+# -- the dra-bridge server -----------------------------------------------------------------------
+class BridgeServer:
+    """``python -m webhook serve`` as a subprocess, against the test cluster's kubeconfig."""
+
+    def __init__(self, *, work_dir: Path, kubeconfig: Path, namespace: str = BRIDGE_NAMESPACE) -> None:
+        self.work_dir = work_dir
+        self.cert_dir = work_dir / "tls"
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.port = free_port()
+        self.log = work_dir / "dra-bridge.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        ca = create_ca(common_name="dra-bridge-e2e-ca")
+        serving = create_serving_cert(ca=ca, dns_names=["localhost"], ip_addresses=[LOOPBACK])
+        write_pair(self.cert_dir, ca=ca, serving=serving)
+        self.ca_pem = ca.cert_pem
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "DRA_BRIDGE_NAMESPACE": self.namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+        args = [sys.executable, "-m", "webhook", "serve", "--host", LOOPBACK, "--port", str(self.port)]
+        args += ["--cert-dir", str(self.cert_dir)]
+        with open(self.log, "ab") as log:
+            log.write(f"# {' '.join(args)}\n".encode())
+            self.proc = subprocess.Popen(
+                args,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,  # dies with the tests
+            )
+        self.starts += 1
+        wait_for(self.ready, timeout, what=lambda: f"dra-bridge /readyz on {self.url}; {self.log}:\n{tail(self.log)}")
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"dra-bridge exited ({self.proc and self.proc.returncode}):\n{tail(self.log)}")
+        status, _ = self.get("/readyz")
+        return status == 200
+
+    def get(self, path: str) -> tuple[int, str]:
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", context=context, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def stop(self, timeout: float = 30.0) -> float:
+        """SIGTERM (graceful drain), SIGKILL after ``timeout``; returns how long it took."""
+        started = time.monotonic()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        return time.monotonic() - started
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")
+        return ""
+
+
+def device_index(slices: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
+    """(driver, pool, device) -> (node, published device), to check what an allocation landed on."""
+    return {
+        (s["spec"]["driver"], s["spec"]["pool"]["name"], d["name"]): (s["spec"]["nodeName"], d)
+        for s in slices
+        for d in s["spec"]["devices"]
+    }
+
+
+def attribute(device: Mapping[str, Any], name: str) -> Any:
+    value = (device.get("attributes") or {}).get(name) or {}
+    return next(iter(value.values()), None)
