@@ -430,8 +430,10 @@ def test_pod_webhooks_honour_the_pod_opt_out_label_and_share_one_match_condition
         assert webhook["objectSelector"] == {
             "matchExpressions": [{"key": "dra-bridge.io/ignore", "operator": "NotIn", "values": ["true"]}]
         }
-    assert pods[0]["matchConditions"] == pods[1]["matchConditions"]
     assert [c["name"] for c in pods[0]["matchConditions"]] == ["legacy-gpu-request"]
+    assert [c["name"] for c in pods[1]["matchConditions"]] == ["legacy-gpu-request-or-claim-templates"]
+    # the validating webhook sees every Pod the mutating one does, and Pods that claim through templates
+    assert pods[1]["matchConditions"][0]["expression"].startswith(pods[0]["matchConditions"][0]["expression"])
 
 
 # --------------------------------------------------------------------------- shipped content

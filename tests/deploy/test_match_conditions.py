@@ -22,7 +22,12 @@ from webhook.convert import convert_documents
 
 WEBHOOKS = [d for d in yaml.safe_load_all((DEPLOY / "base" / "webhooks.yaml").read_text("utf-8")) if d]
 POD_WEBHOOKS = [w for config in WEBHOOKS for w in config["webhooks"] if w["rules"][0]["resources"] == ["pods"]]
-EXPRESSION: str = POD_WEBHOOKS[0]["matchConditions"][0]["expression"]
+EXPRESSION: str = next(w for w in POD_WEBHOOKS if w["name"].startswith("pods.mutate"))["matchConditions"][0][
+    "expression"
+]
+VALIDATE_EXPRESSION: str = next(w for w in POD_WEBHOOKS if w["name"].startswith("pods.validate"))["matchConditions"][0][
+    "expression"
+]
 # One real name per catalogue pattern, for sources that list patterns rather than names.
 PATTERN_SAMPLES = {"nvidia-mig": "nvidia.com/mig-1g.5gb"}
 
@@ -39,9 +44,32 @@ def matches(program: celpy.Runner, obj: dict[str, Any]) -> bool:
     return bool(result)
 
 
-def test_both_pod_webhooks_use_the_same_expression() -> None:
+def test_the_validating_pod_webhook_sees_what_the_mutating_one_does_and_claim_templates() -> None:
+    """The validating webhook refuses unconverted Pods (the mutating expression) and checks the
+    quota of Pods that claim through templates (converted Pods among them)."""
     assert len(POD_WEBHOOKS) == 2
-    assert {w["matchConditions"][0]["expression"] for w in POD_WEBHOOKS} == {EXPRESSION}
+    assert VALIDATE_EXPRESSION.startswith(EXPRESSION)
+    assert "object.spec.resourceClaims.exists(r, has(r.resourceClaimTemplateName))" in VALIDATE_EXPRESSION
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ([{"name": "gpu-main", "resourceClaimTemplateName": "dra-bridge-1234"}], True),
+        (
+            [{"name": "mine", "resourceClaimName": "shared-claim"}],
+            False,
+        ),  # an existing claim: charged when it was created
+        ([], False),
+    ],
+)
+def test_the_validating_expression_selects_pods_with_claim_templates(
+    claims: list[dict[str, str]], expected: bool
+) -> None:
+    env = celpy.Environment()
+    program = env.program(env.compile(VALIDATE_EXPRESSION))
+    subject = pod(container(limits={"cpu": "1"}), resourceClaims=claims) if claims else pod(container())
+    assert matches(program, subject) is expected
 
 
 @pytest.mark.parametrize(
