@@ -148,6 +148,11 @@ class LegacyName(_Model):
     total_slices: int | None = Field(
         default=None, alias="totalSlices", ge=1, description="partition: compute slices of a whole device"
     )
+    replica_share: Quantity | None = Field(
+        default=None,
+        alias="replicaShare",
+        description="sharedDevice: percent of a device's memory and compute one replica gets; unset: no capacity",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> LegacyName:
@@ -166,6 +171,8 @@ class LegacyName(_Model):
             raise ValueError("a compute entry needs wholeDevice (the value that is one whole device)")
         if self.unit <= 0:
             raise ValueError(f"unit must be positive, got {self.unit}")
+        if self.replica_share is not None and not 0 < self.replica_share <= 100:
+            raise ValueError(f"replicaShare must be a percentage above 0 and at most 100, got {self.replica_share}")
         return self
 
     @property

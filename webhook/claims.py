@@ -94,6 +94,7 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
     # Shared devices: the demand itself, or a partition's equivalent vGPU (same memory and compute).
     shared_drivers: tuple[str, ...] = ()
     memory, memory_percent, compute_percent = demand.memory, demand.memory_percent, demand.compute_percent
+    implied = demand.compute_implied
     if demand.kind == "shared":
         shared_drivers = target.shared
     elif demand.kind == "partition" and demand.equivalent_memory is not None:
@@ -101,7 +102,9 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
         memory, memory_percent, compute_percent = demand.equivalent_memory, None, demand.equivalent_compute_percent
     for driver_name in shared_drivers:
         driver = catalogue.driver(driver_name)
-        out.extend(_shared(catalogue, driver, demand.count, memory, memory_percent, compute_percent, skipped))
+        assert driver.shared is not None
+        compute = None if implied and driver.shared.compute is None else compute_percent  # implied: no limit there
+        out.extend(_shared(catalogue, driver, demand.count, memory, memory_percent, compute, skipped))
     what = ", ".join(lv.name for lv in demand.legacy)
     if not out:
         why = f" ({'; '.join(skipped)})" if skipped else ""

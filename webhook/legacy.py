@@ -40,6 +40,7 @@ class Demand:
     memory: Fraction | None = None  # bytes per device
     memory_percent: Fraction | None = None  # of each device's memory
     compute_percent: Fraction | None = None  # of each device's compute
+    compute_implied: bool = False  # derived from the memory share, not asked for: drivers without compute serve it too
     profile: str | None = None  # partition profile
     equivalent_memory: Fraction | None = None  # partition as a vGPU: bytes
     equivalent_compute_percent: Fraction | None = None  # partition as a vGPU: compute share
@@ -264,7 +265,22 @@ def _demands(container: str, group: _Found) -> list[Demand]:
             raise fail("a shared GPU replica is requested one at a time; set it to 1", shared)
         if others:
             raise fail(f"a shared GPU replica cannot be combined with {others[0][2].name}", shared)
-        return [*demands, Demand(source.name, source.target, "shared", 1, legacy=rest_legacy)]
+        # A time-sliced replica is the catalogue's share of a device (25 %: four replicas a GPU),
+        # so on a consumable-capacity driver replicas pack as many to a device as time-slicing did.
+        share = shared[0].entry.replica_share
+        return [
+            *demands,
+            Demand(
+                source.name,
+                source.target,
+                "shared",
+                1,
+                memory_percent=share,
+                compute_percent=share,
+                compute_implied=True,
+                legacy=rest_legacy,
+            ),
+        ]
 
     count = int(devices[1]) if devices is not None else None
     memory_bytes = memory[1] * memory[0].entry.unit if memory is not None and memory[1] else None
@@ -302,8 +318,11 @@ def _demands(container: str, group: _Found) -> list[Demand]:
         return [*demands, Demand(source.name, source.target, "whole", count, legacy=rest_legacy)]
     if memory_bytes is None and percent is None:
         percent = HUNDRED  # no memory given: the whole card's memory, as HAMi does
-    if percent == HUNDRED and compute_pct is None:
-        compute_pct = HUNDRED  # a whole card's memory takes its whole compute too
+    implied = percent is not None and compute_pct is None
+    if implied:
+        # A share of a card's memory takes the same share of its compute. Left unset, the driver's
+        # request-policy default applies, which is the whole device on HAMi-core: not shared at all.
+        compute_pct = percent
     return [
         *demands,
         Demand(
@@ -314,6 +333,7 @@ def _demands(container: str, group: _Found) -> list[Demand]:
             memory=memory_bytes,
             memory_percent=percent,
             compute_percent=compute_pct,
+            compute_implied=implied,
             legacy=rest_legacy,
         ),
     ]

@@ -111,7 +111,8 @@ def test_probes_and_metrics(live_server: LiveServer) -> None:
         text = client.get("/metrics").text
     assert 'dra_bridge_conversions_total{legacy_name="amd.com/gpu"}' in text
     assert (
-        'dra_bridge_admission_decisions_total{webhook="mutate",outcome="patched",reason="converted",tenant="namespace:team-a"}' in text
+        'dra_bridge_admission_decisions_total{webhook="mutate",outcome="patched",reason="converted",tenant="namespace:team-a"}'
+        in text
     )
     assert "dra_bridge_admission_duration_seconds_bucket" in text
 

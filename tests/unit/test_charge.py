@@ -43,12 +43,12 @@ def classes(index: CatalogueIndex) -> ClassResolver:
             2 * GI,
             0,
         ),
-        # a percentage: the largest card's share
+        # a percentage: the largest card's share, and the same share of compute
         (
             {"nvidia.com/gpumem-percentage": "50"},
             {"shared.hami-core.dra-bridge.io": 1, "shared.nvidia.dra-bridge.io": 1, "shared.example.dra-bridge.io": 1},
             40 * GI,
-            0,
+            50,
         ),
         # MIG 3g.20gb: 20 GB and 3/7 of a GPU as the partition; its vGPU equivalent rounds both up
         # (19074Mi, 43 %), and the larger alternative is charged

@@ -149,6 +149,13 @@ def test_memory_share_resolves_per_card_size(
     for alt in alts:
         size = sizes[alt["name"]]
         assert alt["capacity"]["memory"] == f"{size * percent // 100}Gi" if size * percent % 100 == 0 else True
+        # the same share of compute, where the driver has a compute capacity (NVIDIA's has none)
+        compute = {k: v for k, v in alt["capacity"].items() if k != "memory"}
+        assert compute == (
+            {}
+            if alt["name"].startswith("nvidia")
+            else {"compute" if alt["name"].startswith("example") else "cores": str(percent)}
+        )
         assert alt["selectors"] == [alt["selectors"][0]]
         assert f"quantity('{size}Gi')" in alt["selectors"][0]
 
@@ -173,13 +180,14 @@ def test_kai_memory_annotation_and_device_count(index: CatalogueIndex) -> None:
     assert alts["hami-core"]["count"] == 2
 
 
-def test_time_sliced_replica_is_a_shared_device_without_capacity(index: CatalogueIndex) -> None:
-    alts = alternatives(convert_one(index, {"nvidia.com/gpu.shared": "1"}))
-    assert [(a["class"], a["capacity"]) for a in alts] == [
-        ("shared.hami-core.dra-bridge.io", {}),
-        ("shared.nvidia.dra-bridge.io", {}),
-        ("shared.example.dra-bridge.io", {}),
-    ]
+def test_time_sliced_replica_is_the_catalogues_share_of_a_device(index: CatalogueIndex) -> None:
+    """gpu.shared: 25 % of a card's memory and compute, so four replicas pack on a GPU as with
+    time-slicing; on the NVIDIA driver (no compute capacity) its memory share only."""
+    alts = by_name(alternatives(convert_one(index, {"nvidia.com/gpu.shared": "1"})))
+    assert alts["hami-core-80gi"]["capacity"] == {"memory": "20Gi", "cores": "25"}
+    assert alts["hami-core-16gi"]["capacity"] == {"memory": "4Gi", "cores": "25"}
+    assert alts["nvidia-40gi"]["capacity"] == {"memory": "10Gi"}
+    assert alts["example-80gi"]["capacity"] == {"memory": "20Gi", "compute": "25"}
 
 
 def test_intel_millicores_and_bytes(index: CatalogueIndex) -> None:
