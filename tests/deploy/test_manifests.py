@@ -18,6 +18,7 @@ import yaml
 from tests.conftest import ROOT, assert_valid
 from tests.deploy.conftest import DEPLOY, find, find_all, targets
 from webhook.certs import service_dns_names
+from webhook.cluster.kube import CLUSTER_ACCESS, NAMESPACE_ACCESS, REPORT_ACCESS
 from webhook.quantity import parse_quantity
 from webhook.settings import Settings
 
@@ -274,17 +275,10 @@ def test_service_sends_443_to_the_https_port_of_the_pods(docs: Docs) -> None:
 
 # --------------------------------------------------------------------------- RBAC
 
-CLUSTER_RULES = {
-    ("", "namespaces"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("resource.k8s.io", "deviceclasses"): {"get", "list", "watch"},
-    ("resource.k8s.io", "resourceclaims"): {"get", "list", "watch"},
-    ("resource.k8s.io", "resourceclaimtemplates"): {"get", "list", "watch", "create", "delete"},
-}
-NAMESPACE_RULES = {
-    ("", "configmaps"): {"get", "list", "watch"},
-    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update"},
-}
+# What the adapter declares it uses; tests/unit/test_kube_adapter.py records every call it makes
+# and checks that it is exactly this.
+CLUSTER_RULES = {key: set(verbs) for key, verbs in CLUSTER_ACCESS.items()}
+NAMESPACE_RULES = {key: set(verbs) for key, verbs in NAMESPACE_ACCESS.items()}
 
 
 def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -298,12 +292,23 @@ def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 def test_rbac_grants_exactly_what_the_cluster_adapter_uses(docs: Docs) -> None:
-    assert [r["metadata"]["name"] for r in find_all(docs, "ClusterRole")] == ["dra-bridge"]
+    assert [r["metadata"]["name"] for r in find_all(docs, "ClusterRole")] == ["dra-bridge", "dra-bridge-report"]
     assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in find_all(docs, "Role")] == [
         ("dra-bridge", NAMESPACE)
     ]
-    assert granted(find(docs, "ClusterRole")) == CLUSTER_RULES
+    assert granted(find(docs, "ClusterRole", "dra-bridge")) == CLUSTER_RULES
     assert granted(find(docs, "Role")) == NAMESPACE_RULES
+
+
+def test_the_report_role_covers_what_report_cluster_reads(docs: Docs) -> None:
+    role = granted(find(docs, "ClusterRole", "dra-bridge-report"))
+    needed = {**{k: set(v) for k, v in REPORT_ACCESS.items()}}
+    for (group, resource), verbs in {**CLUSTER_ACCESS, **NAMESPACE_ACCESS}.items():
+        if verbs & {"list", "watch"} and resource not in ("leases",):
+            needed.setdefault((group, resource), set()).update(verbs & {"list", "watch"})
+    for key, verbs in needed.items():
+        assert verbs <= role.get(key, set()), key
+    assert not any(verbs - {"list", "watch"} for verbs in role.values())  # read-only
 
 
 def test_rbac_has_no_wildcards_and_no_secrets(docs: Docs) -> None:

@@ -696,3 +696,59 @@ def test_list_workloads_streams_every_kind_with_its_kind_set() -> None:
     assert {w["metadata"]["name"] for w in workloads} >= {"deployments-0", "cronjobs-2", "pods-1"}
     assert all(w["kind"] == "Thing" and w["apiVersion"] == "v1" for w in workloads)  # from the fake's list kind
     assert sum(1 for c in transport.calls if c[2].get("continue")) == len(WORKLOAD_PATHS)  # 2 a page: 2 pages each
+
+
+# -- the RBAC the adapter needs ------------------------------------------------------------------
+def rbac_view(method: str, path: str, *, watch: bool = False) -> tuple[str, str, str, bool]:
+    """(apiGroup, resource, verb, in the webhook's namespace) of one REST call, as RBAC sees it."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    own = len(rest) >= 2 and rest[0] == "namespaces" and rest[1] == "dra-bridge" and len(rest) > 2
+    if rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]
+    resource, named = rest[0], len(rest) > 1
+    verb = (
+        "watch"
+        if watch
+        else {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "DELETE": "delete"}[method]
+    )
+    return group, resource, verb, own
+
+
+def test_every_call_the_adapter_makes_is_in_its_declared_access() -> None:
+    from webhook.cluster.kube import CLUSTER_ACCESS, NAMESPACE_ACCESS, REPORT_ACCESS
+
+    transport = FakeTransport()
+    transport.collections["/api/v1/pods"] = []
+    cluster = cluster_with(transport)
+    watched: list[str] = []
+    original_watch = transport.watch
+
+    def recording_watch(path: str, *, query: Any) -> FakeStream:
+        watched.append(path)
+        return original_watch(path, query=query)
+
+    transport.watch = recording_watch  # type: ignore[method-assign]
+    cluster.start()
+    wait_until(lambda: cluster.ready()[0] and len(watched) >= len(cluster.informers))
+    cluster.stop()
+    cluster.get_template("team-a", "missing")
+    cluster.create_template(template("t"))
+    cluster.delete_template("team-a", "t", uid="u1")
+    cluster.referenced_templates()
+    cluster.get_lease("q")
+    cluster.put_lease(lease())
+    cluster.put_lease(lease("1"))
+    webhook_calls = {rbac_view(m, p) for m, p, _, _ in transport.calls} | {
+        rbac_view("GET", p, watch=True) for p in watched
+    }
+    declared = {(g, r, v, False) for (g, r), verbs in CLUSTER_ACCESS.items() for v in verbs}
+    declared |= {(g, r, v, True) for (g, r), verbs in NAMESPACE_ACCESS.items() for v in verbs}
+    assert webhook_calls == declared  # nothing used that is not declared, nothing declared that is unused
+
+    transport.calls.clear()
+    for path in WORKLOAD_PATHS:
+        transport.collections.setdefault(path, [])
+    list(cluster.list_workloads())
+    report_calls = {rbac_view(m, p)[:3] for m, p, _, _ in transport.calls}
+    assert report_calls == {(g, r, v) for (g, r), verbs in REPORT_ACCESS.items() for v in verbs}

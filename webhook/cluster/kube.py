@@ -75,6 +75,33 @@ WORKLOAD_PATHS = (
 )
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
+# Every API call the webhook makes through this adapter, as RBAC names it: (apiGroup, resource) ->
+# verbs. deploy/base/rbac.yaml grants exactly this (a test compares them), and a test of the adapter
+# records every call it makes and checks it is listed here.
+CLUSTER_ACCESS: dict[tuple[str, str], frozenset[str]] = {
+    ("", "namespaces"): frozenset({"list", "watch"}),
+    ("", "pods"): frozenset({"list"}),  # only the template garbage collector, off the request path
+    ("resource.k8s.io", "deviceclasses"): frozenset({"list", "watch"}),
+    ("resource.k8s.io", "resourceclaims"): frozenset({"list", "watch"}),
+    ("resource.k8s.io", "resourceclaimtemplates"): frozenset({"get", "list", "watch", "create", "delete"}),
+}
+# In the webhook's own namespace only.
+NAMESPACE_ACCESS: dict[tuple[str, str], frozenset[str]] = {
+    ("", "configmaps"): frozenset({"list", "watch"}),
+    ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
+}
+# ``dra-bridge report --cluster`` also lists the workloads (for whoever runs it, not the webhook).
+REPORT_ACCESS: dict[tuple[str, str], frozenset[str]] = {
+    ("", "pods"): frozenset({"list"}),
+    ("", "replicationcontrollers"): frozenset({"list"}),
+    ("apps", "deployments"): frozenset({"list"}),
+    ("apps", "statefulsets"): frozenset({"list"}),
+    ("apps", "daemonsets"): frozenset({"list"}),
+    ("apps", "replicasets"): frozenset({"list"}),
+    ("batch", "jobs"): frozenset({"list"}),
+    ("batch", "cronjobs"): frozenset({"list"}),
+}
+
 
 class APIError(ClusterError):
     """The apiserver answered with an error status (``status`` 0: it could not be reached)."""
