@@ -360,11 +360,19 @@ class ControlPlane:
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(3):
+            try:
+                self._start()
+                return self
+            except ControlPlaneError as err:
+                self.stop()
+                # Ports are picked free, then bound by the component a moment later; on a busy
+                # machine another process can take one in between. Pick new ones and try again.
+                if "address already in use" not in str(err) or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
