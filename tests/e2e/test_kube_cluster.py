@@ -18,7 +18,8 @@ from tests.e2e.controlplane import LOOPBACK, ControlPlane
 from tests.e2e.helpers import Kube, wait_for
 from webhook.claims import spec_hash
 from webhook.cluster import AlreadyExists, Conflict, EventType
-from webhook.cluster.kube import APIError, KubeCluster
+from webhook.cluster.informer import APIError
+from webhook.cluster.kube import KubeCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 
 from webhook.cluster import AlreadyExists, Conflict
-from webhook.cluster.kube import (
-    WORKLOAD_PATHS,
+from webhook.cluster.informer import (
     APIError,
     Backoff,
     ClaimStore,
     Expired,
     Informer,
-    KubeCluster,
     SpecPool,
     Store,
     parse_watch_line,
@@ -31,6 +29,7 @@ from webhook.cluster.kube import (
     vanished,
     without_managed_fields,
 )
+from webhook.cluster.kube import WORKLOAD_PATHS, KubeCluster
 from webhook.errors import ClusterError
 
 Event = tuple[str, dict[str, Any]]

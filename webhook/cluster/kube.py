@@ -3,10 +3,9 @@
 Objects travel as the plain camelCase dicts the apiserver sends (``json.loads`` of the body; the
 generated model classes are never used for reading), so fields this code does not know survive.
 
-One ``Informer`` per resource keeps a cache that the request path reads: a paginated LIST, then a
-WATCH from its resourceVersion with bookmarks; it reconnects when the server ends the watch, relists
-on 410 Gone (telling subscribers what vanished and what changed meanwhile), and backs off
-exponentially on errors. Each runs on a daemon thread. What is cached and watched:
+One ``Informer`` (``webhook.cluster.informer``) per resource keeps a cache that the request path
+reads; this module gives them their HTTP (``RestTransport``) and joins them into the port. What is
+cached and watched:
 
   namespaces             labels only (opt-out labels, tenants); every event bumps ``namespace_generation``
   deviceclasses          ``extendedResourceName`` -> class (KEP-5004 names left alone)
@@ -26,15 +25,13 @@ import copy
 import json
 import logging
 import os
-import random
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s_client
@@ -43,26 +40,36 @@ from kubernetes.config.config_exception import ConfigException
 
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
 from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
+from webhook.cluster.informer import (
+    LIST_TIMEOUT,
+    PAGE_SIZE,
+    REQUEST_TIMEOUT,
+    WATCH_READ_TIMEOUT,
+    APIError,
+    ClaimStore,
+    Expired,
+    Informer,
+    Key,
+    Query,
+    Transport,
+    WatchStream,
+    WatchTimeout,
+    list_item_kind,
+    parse_watch_line,
+    slim_claim,
+    slim_namespace,
+    split_lines,
+    without_managed_fields,
+)
 from webhook.errors import ClusterError
 
 log = logging.getLogger("dra_bridge.cluster")
 
-Key = tuple[str, str]  # (namespace or "", name)
 T = TypeVar("T")
-Query = Sequence[tuple[str, str]]
 
 RESOURCE_API = "/apis/resource.k8s.io/v1"
 POLICY_LABEL = "dra-bridge.io/policy"
 CATALOGUE_LABEL = "dra-bridge.io/catalogue"
-PAGE_SIZE = 500
-# Request-path calls must finish well inside the webhook's own timeout; LIST pages may take longer.
-REQUEST_TIMEOUT = (5.0, 10.0)  # (connect, read) seconds
-LIST_TIMEOUT = (5.0, 60.0)
-# The server ends each watch after a random 5-10 minutes (as client-go's reflector asks), spreading
-# reconnects. A read timeout catches half-dead connections; bookmarks arrive about once a minute.
-WATCH_SECONDS = (300, 600)
-WATCH_READ_TIMEOUT = 150.0
-SHORT_WATCH = 1.0  # a watch that ends sooner without an event is treated as an error (backoff, no busy loop)
 WORKLOAD_PATHS = (
     "/api/v1/pods",
     "/api/v1/replicationcontrollers",
@@ -101,234 +108,6 @@ REPORT_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("batch", "jobs"): frozenset({"list"}),
     ("batch", "cronjobs"): frozenset({"list"}),
 }
-
-
-class APIError(ClusterError):
-    """The apiserver answered with an error status (``status`` 0: it could not be reached)."""
-
-    def __init__(self, status: int, reason: str, message: str, *, what: str = "") -> None:
-        self.status, self.reason, self.message = status, reason, message
-        super().__init__(f"{what}: {status} {reason}: {message}" if what else f"{status} {reason}: {message}")
-
-
-class Expired(Exception):
-    """410 Gone: the resourceVersion (or continue token) is too old; relist."""
-
-
-# -- pure helpers ------------------------------------------------------------------------------
-def object_key(obj: Mapping[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return (meta.get("namespace") or "", meta.get("name") or "")
-
-
-def resource_version(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object as the API sent it, minus ``managedFields`` (server-side apply bookkeeping)."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict):
-        meta.pop("managedFields", None)
-    return obj
-
-
-def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What subscribers need of a ResourceClaim: its identity and spec (no status, no managedFields)."""
-    meta = obj.get("metadata") or {}
-    return {
-        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion") if k in meta},
-        "spec": obj.get("spec") or {},
-    }
-
-
-def slim_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata") or {}
-    return {
-        "metadata": {
-            "name": meta.get("name", ""),
-            "resourceVersion": meta.get("resourceVersion", ""),
-            "labels": dict(meta.get("labels") or {}),
-        }
-    }
-
-
-def relist_event(before: Mapping[str, Any] | None, listed: Mapping[str, Any]) -> EventType | None:
-    """What a relist tells subscribers about one listed object they last saw as ``before``: ADDED when
-    new, MODIFIED when it changed (another resourceVersion), nothing when it did not (subscribers hold
-    it already, and a relist of 100,000 claims should not replay them). What was not listed at all
-    is DELETED (``vanished``)."""
-    if before is None:
-        return "ADDED"
-    return "MODIFIED" if resource_version(before) != resource_version(listed) else None
-
-
-def vanished(cached: Iterable[Key], listed: Collection[Key]) -> list[Key]:
-    return [key for key in cached if key not in listed]
-
-
-def list_item_kind(list_kind: str) -> str:
-    return list_kind[: -len("List")] if list_kind.endswith("List") else list_kind
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... up to ``maximum``; ``reset`` on success."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.2
-    attempts: int = 0
-    rng: Callable[[], float] = random.random
-
-    def next(self) -> float:
-        delay = min(self.maximum, self.initial * self.factor**self.attempts)
-        self.attempts += 1
-        return min(self.maximum, delay * (1 + self.jitter * self.rng()))
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
-def parse_watch_line(line: bytes) -> dict[str, Any] | None:
-    """One line of a watch stream (``{"type": ..., "object": ...}``); ``None`` for a blank line."""
-    line = line.strip()
-    if not line:
-        return None
-    event = json.loads(line)
-    if not isinstance(event, dict) or "type" not in event:
-        raise ValueError(f"not a watch event: {line[:200]!r}")
-    return event
-
-
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Reassemble newline-delimited records from arbitrary chunks."""
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        yield from lines
-    if buffer.strip():
-        yield buffer
-
-
-# -- caches ------------------------------------------------------------------------------------
-class Store:
-    """An informer's cache. It keeps its own copies: handlers and callers never share its objects."""
-
-    def __init__(self) -> None:
-        self._objects: dict[Key, dict[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._objects)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._objects
-
-    def view(self) -> Mapping[Key, dict[str, Any]]:
-        """The cached objects themselves: read-only, under the informer's lock."""
-        return self._objects
-
-    def get(self, key: Key) -> dict[str, Any] | None:
-        return self._objects.get(key)
-
-    def put(self, key: Key, obj: dict[str, Any]) -> None:
-        old = self._objects.get(key)
-        self._objects[key] = self._keep(obj)
-        if old is not None:
-            self._release(old)
-
-    def pop(self, key: Key) -> None:
-        old = self._objects.pop(key, None)
-        if old is not None:
-            self._release(old)
-
-    def export(self, stored: dict[str, Any]) -> dict[str, Any]:
-        """A copy of a cached object that its receiver may keep or change."""
-        return copy.deepcopy(stored)
-
-    def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return copy.deepcopy(obj)
-
-    def _release(self, stored: dict[str, Any]) -> None:
-        return None
-
-
-class SpecPool:
-    """Interns equal claim specs: claims made from one template share one spec object.
-
-    100,000 claims from a few hundred templates hold a few hundred specs instead of 100,000 (about
-    a fifth of the memory). Reference-counted, so the specs of deleted claims do not pile up.
-    """
-
-    def __init__(self) -> None:
-        self._specs: dict[str, list[Any]] = {}  # canonical JSON -> [spec, references]
-
-    def __len__(self) -> int:
-        return len(self._specs)
-
-    @staticmethod
-    def canonical(spec: Any) -> str:
-        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
-
-    def intern(self, spec: Any) -> Any:
-        """The pooled object equal to ``spec`` (a private copy the first time)."""
-        key = self.canonical(spec)
-        entry = self._specs.get(key)
-        if entry is None:
-            entry = self._specs[key] = [copy.deepcopy(spec), 0]
-        entry[1] += 1
-        return entry[0]
-
-    def release(self, spec: Any) -> None:
-        key = self.canonical(spec)
-        entry = self._specs.get(key)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._specs[key]
-
-
-class ClaimStore(Store):
-    """Slim claims (identity + spec) with interned specs; see ``SpecPool``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.specs = SpecPool()
-
-    def export(self, stored: dict[str, Any]) -> dict[str, Any]:
-        return {"metadata": dict(stored["metadata"]), "spec": copy.deepcopy(stored["spec"])}
-
-    def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
-        meta = dict(obj.get("metadata") or {})
-        if "namespace" in meta:
-            meta["namespace"] = sys.intern(str(meta["namespace"]))
-        return {"metadata": meta, "spec": self.specs.intern(obj.get("spec") or {})}
-
-    def _release(self, stored: dict[str, Any]) -> None:
-        self.specs.release(stored["spec"])
-
-
-# -- transport ---------------------------------------------------------------------------------
-class WatchStream(Protocol):
-    def __iter__(self) -> Iterator[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-class Transport(Protocol):
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Query = (),
-        body: dict[str, Any] | None = None,
-        timeout: tuple[float, float] = REQUEST_TIMEOUT,
-    ) -> dict[str, Any]: ...
-
-    def watch(self, path: str, *, query: Query) -> WatchStream: ...
 
 
 class RestTransport:
@@ -424,6 +203,8 @@ class _HttpWatchStream:
                 event = parse_watch_line(line)
                 if event is not None:
                     yield event
+        except urllib3.exceptions.ReadTimeoutError as err:
+            raise WatchTimeout(str(err)) from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             if not self._closed:
                 raise
@@ -441,219 +222,8 @@ class _HttpWatchStream:
             self._response.close()
 
 
-# -- informer ----------------------------------------------------------------------------------
+# -- the port ------------------------------------------------------------------------------------
 @dataclass(eq=False)
-class Informer:
-    """LIST + WATCH one resource into a ``Store``, on a daemon thread, and tell subscribers."""
-
-    name: str
-    path: str
-    transport: Transport
-    label_selector: str | None = None
-    slim: Callable[[dict[str, Any]], dict[str, Any]] = without_managed_fields
-    store: Store = field(default_factory=Store)
-    page_size: int = PAGE_SIZE
-    watch_seconds: tuple[int, int] = WATCH_SECONDS
-    backoff: Backoff = field(default_factory=Backoff)
-    resource_version: str = ""
-    relists: int = 0
-    _handlers: list[EventHandler] = field(default_factory=list)
-    _lock: threading.RLock = field(default_factory=threading.RLock)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _synced: threading.Event = field(default_factory=threading.Event)
-    _stream: WatchStream | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def synced(self) -> bool:
-        return self._synced.is_set()
-
-    def wait_synced(self, timeout: float | None = None) -> bool:
-        return self._synced.wait(timeout)
-
-    # -- reading the cache ---------------------------------------------------------------------
-    def get(self, key: Key) -> dict[str, Any] | None:
-        with self._lock:
-            found = self.store.get(key)
-            return self.store.export(found) if found is not None else None
-
-    def read(self, reader: Callable[[Mapping[Key, dict[str, Any]]], T]) -> T:
-        """Run ``reader`` over the cached objects under the lock; it must not keep or change them."""
-        with self._lock:
-            return reader(self.store.view())
-
-    def subscribe(self, handler: EventHandler) -> None:
-        """Add a handler; what is cached already reaches it first, as ADDED events."""
-        with self._lock:
-            self._handlers.append(handler)
-            for stored in list(self.store.view().values()):
-                self._call(handler, "ADDED", self.store.export(stored))
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self.run, name=f"informer-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if not self._thread.is_alive():
-                self._thread = None
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if not self.resource_version:
-                    self.relist()
-                self.watch_once()
-                self.backoff.reset()
-            except Expired as expired:
-                log.info("%s: %s; relisting", self.name, expired)
-                self.resource_version = ""
-            except Exception as err:
-                if self._stopping.is_set():
-                    break
-                delay = self.backoff.next()
-                log.warning("%s: %s; retrying in %.1fs", self.name, err, delay)
-                self._stopping.wait(delay)
-
-    # -- one LIST, one WATCH -------------------------------------------------------------------
-    def relist(self) -> None:
-        """LIST everything, a page at a time, into the cache, and tell subscribers what changed.
-
-        Each page is applied as it arrives, so memory peaks at the cache plus one page (not twice the
-        cache); what the cache holds and the LIST did not return is deleted at the end.
-        """
-        listed: set[Key] = set()
-        version = ""
-        changes = 0
-        for page in self._pages():
-            kind = list_item_kind(str(page.get("kind") or ""))
-            with self._lock:
-                for raw in page.get("items") or []:
-                    if kind:  # list items come without apiVersion/kind; give them what a GET returns
-                        raw.setdefault("apiVersion", page.get("apiVersion"))
-                        raw.setdefault("kind", kind)
-                    obj = self.slim(raw)
-                    key = object_key(obj)
-                    listed.add(key)
-                    event = relist_event(self.store.get(key), obj)
-                    if event is not None:
-                        self.store.put(key, obj)
-                        self._dispatch(event, obj)
-                        changes += 1
-            version = str((page.get("metadata") or {}).get("resourceVersion") or "")
-        with self._lock:
-            for key in vanished(list(self.store.view()), listed):
-                gone = self.store.get(key)
-                self.store.pop(key)
-                if gone is not None:
-                    self._dispatch("DELETED", self.store.export(gone))
-                    changes += 1
-            self.resource_version = version
-            self.relists += 1
-            self._synced.set()
-        log.info("%s: listed %d objects at resourceVersion %s (%d changes)", self.name, len(listed), version, changes)
-
-    def _pages(self) -> Iterator[dict[str, Any]]:
-        token = ""
-        while True:
-            query = [("limit", str(self.page_size))]
-            if self.label_selector:
-                query.append(("labelSelector", self.label_selector))
-            if token:
-                query.append(("continue", token))
-            try:
-                page = self.transport.request("GET", self.path, query=query, timeout=LIST_TIMEOUT)
-            except APIError as err:
-                if err.status == 410:  # the continue token expired: start over
-                    raise Expired(str(err)) from err
-                raise
-            yield page
-            token = str((page.get("metadata") or {}).get("continue") or "")
-            if not token:
-                return
-
-    def watch_once(self) -> None:
-        """WATCH from ``resource_version`` until the server ends it (or ``stop``); raises ``Expired``."""
-        query = [
-            ("watch", "true"),
-            ("allowWatchBookmarks", "true"),
-            ("resourceVersion", self.resource_version),
-            ("timeoutSeconds", str(random.randint(*self.watch_seconds))),
-        ]
-        if self.label_selector:
-            query.append(("labelSelector", self.label_selector))
-        started = time.monotonic()
-        events = 0
-        stream = self.transport.watch(self.path, query=query)
-        self._stream = stream
-        try:
-            if self._stopping.is_set():
-                return
-            for event in stream:
-                self.apply(event)
-                events += 1
-                self.backoff.reset()
-        except urllib3.exceptions.ReadTimeoutError:
-            log.debug("%s: no event for %.0fs; watching again", self.name, WATCH_READ_TIMEOUT)
-        finally:
-            self._stream = None
-            stream.close()
-        if not events and time.monotonic() - started < SHORT_WATCH and not self._stopping.is_set():
-            raise APIError(0, "ShortWatch", "the watch ended at once without an event", what=f"watch {self.path}")
-
-    def apply(self, event: Mapping[str, Any]) -> None:
-        """One watch event: update the cache and the resourceVersion, tell subscribers."""
-        event_type = str(event.get("type") or "")
-        raw = event.get("object") or {}
-        if event_type == "ERROR":
-            code = int(raw.get("code") or 0)
-            if code == 410:
-                raise Expired(f"watch: {raw.get('reason') or 'Gone'}: {raw.get('message') or ''}")
-            raise APIError(code, str(raw.get("reason") or ""), str(raw.get("message") or ""), what=f"watch {self.path}")
-        version = resource_version(raw)
-        if event_type == "BOOKMARK":
-            if version:
-                self.resource_version = version
-            return
-        obj = self.slim(raw)
-        key = object_key(obj)
-        with self._lock:
-            known = key in self.store
-            if event_type == "DELETED":
-                self.store.pop(key)
-                if known:
-                    self._dispatch("DELETED", obj)
-            elif event_type in ("ADDED", "MODIFIED"):
-                self.store.put(key, obj)
-                self._dispatch("MODIFIED" if known else "ADDED", obj)
-            if version:
-                self.resource_version = version
-
-    def _dispatch(self, event_type: EventType, obj: dict[str, Any]) -> None:
-        handlers = self._handlers
-        for i, handler in enumerate(handlers):
-            # Each handler gets its own object; the first one gets the freshly decoded one.
-            self._call(handler, event_type, obj if i == 0 else copy.deepcopy(obj))
-
-    def _call(self, handler: EventHandler, event_type: EventType, obj: dict[str, Any]) -> None:
-        try:
-            handler(event_type, obj)
-        except Exception:
-            log.exception("%s: a %s handler failed", self.name, event_type)
-
-
-# -- the port ----------------------------------------------------------------------------------
 class KubeCluster:
     """``ClusterPort`` over a real apiserver."""
 
