@@ -14,11 +14,10 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 import yaml
-from fastapi import FastAPI
 
 from webhook.admission import Admission, AdmissionSettings
 from webhook.audit import AuditLog, open_audit_log
@@ -31,6 +30,9 @@ from webhook.http import create_app
 from webhook.metrics import Metrics
 from webhook.settings import Settings
 from webhook.tls import CertificateReloader, server_ssl_context
+
+if TYPE_CHECKING:  # only webhook.http imports FastAPI at run time
+    from fastapi import FastAPI
 
 log = logging.getLogger("dra_bridge.server")
 DEV_CERT_DIR = Path("certs/dev")
