@@ -212,7 +212,10 @@ def _replicas(obj: Mapping[str, Any], kind: str) -> int | None:
 
 
 def _mem(value: int) -> str:
-    return format_quantity(Fraction(value)) if value else "0"
+    """Readable memory: exact when it is whole GiB or MiB below 1 GiB, else GiB to one decimal."""
+    if value < 2**30 or value % 2**30 == 0:
+        return format_quantity(round_up(Fraction(value), Fraction(2**20))) if value else "0"
+    return f"{value / 2**30:.1f}Gi"
 
 
 def render_table(report: Report) -> str:
