@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ class _Reservation:
     expires: float
 
 
-@dataclass
+@dataclass(slots=True)
 class _Claim:
     namespace: str
     basis: Basis
@@ -54,18 +55,25 @@ class UsageLedger:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     _claims: dict[ClaimKey, _Claim] = field(default_factory=dict)
+    # One basis and one charge per distinct claim shape: the claims of one template share them, so
+    # 100,000 claims cost a dict entry each, not 100,000 copies of the same numbers.
+    _shapes: dict[Basis, tuple[Basis, Charge]] = field(default_factory=dict)
     _by_namespace: dict[str, Charge] = field(default_factory=dict)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_token: int = 0
-    _observations: list[Observation] = field(default_factory=list)
+    # Claims seen appearing within the last TTL, per namespace, oldest first (for LeaseCoordinator).
+    _observations: dict[str, deque[Observation]] = field(default_factory=dict)
 
     # -- the cache side ------------------------------------------------------------------------
     def observe(self, namespace: str, name: str, claim_spec: dict[str, object]) -> None:
         """A claim was added or changed (its spec is immutable, so this is mostly an add)."""
         claim_basis = basis(claim_spec)
-        new = charge(claim_basis, classes=self.classes)
         with self._lock:
+            shape = self._shapes.get(claim_basis)
+            if shape is None:
+                shape = self._shapes[claim_basis] = (claim_basis, charge(claim_basis, classes=self.classes))
+            claim_basis, new = shape
             old = self._claims.get((namespace, name))
             if old is not None:
                 self._add(namespace, ZERO - old.charge)
@@ -73,9 +81,9 @@ class UsageLedger:
             self._add(namespace, new)
             if old is None:
                 self._confirm(namespace, new)
-                now = self.wall_clock()
-                self._observations = [o for o in self._observations if o.at > now - self.reservation_ttl]
-                self._observations.append(Observation(namespace, new, now))
+                seen = self._observations.setdefault(namespace, deque())
+                seen.append(Observation(namespace, new, self.wall_clock()))
+                self._trim(seen)
 
     def forget(self, namespace: str, name: str) -> None:
         """A claim was deleted: its usage is released."""
@@ -89,8 +97,9 @@ class UsageLedger:
         with self._lock:
             self.classes = classes
             self._by_namespace.clear()
+            self._shapes = {b: (b, charge(b, classes=classes)) for b in self._shapes}
             for (namespace, _), claim in self._claims.items():
-                claim.charge = charge(claim.basis, classes=classes)
+                claim.charge = self._shapes[claim.basis][1]
                 self._add(namespace, claim.charge)
 
     # -- the admission side --------------------------------------------------------------------
@@ -129,7 +138,12 @@ class UsageLedger:
             total = ZERO
             for ns in wanted:
                 total = total + self._by_namespace.get(ns, ZERO)
-            recent = [o for o in self._observations if o.namespace in wanted]
+            recent: list[Observation] = []
+            for ns in wanted:
+                seen = self._observations.get(ns)
+                if seen:
+                    self._trim(seen)
+                    recent.extend(seen)
         return total, recent
 
     @property
@@ -160,6 +174,11 @@ class UsageLedger:
             self._by_namespace.pop(namespace, None)
         else:
             self._by_namespace[namespace] = updated
+
+    def _trim(self, seen: deque[Observation]) -> None:
+        horizon = self.wall_clock() - self.reservation_ttl
+        while seen and seen[0].at <= horizon:
+            seen.popleft()
 
     def _confirm(self, namespace: str, observed: Charge) -> None:
         for token, reservation in sorted(self._reservations.items(), key=lambda kv: kv[1].expires):

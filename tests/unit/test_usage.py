@@ -1,0 +1,49 @@
+"""The usage ledger at scale: the work per claim event and per decision does not grow with the cluster.
+
+Counted in operations, not seconds (no timing assertions): the number of reservations and
+observations a decision looks at stays bounded by what happened in its own namespaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhook.catalogue import CatalogueIndex
+from webhook.charge import ClassResolver
+from webhook.usage import UsageLedger
+
+SPEC: dict[str, Any] = {
+    "devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]}
+}
+
+
+def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    for i in range(200):
+        ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
+    assert len(ledger._shapes) == 1
+    charges = {id(claim.charge) for claim in ledger._claims.values()}
+    assert len(charges) == 1  # one object, shared
+    assert ledger.usage(["ns-0"]).devices == {"whole.nvidia.dra-bridge.io": 40}
+
+
+def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueIndex) -> None:
+    now = [1000.0]
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, wall_clock=lambda: now[0])
+    for i in range(1000):
+        ledger.observe(f"ns-{i % 100}", f"c{i}", SPEC)
+    committed, recent = ledger.committed(["ns-7"])
+    assert len(recent) == 10  # only this namespace's, not the cluster's
+    assert committed.claims == 10
+    now[0] += 31
+    assert ledger.committed(["ns-7"])[1] == []
+    assert sum(len(d) for d in ledger._observations.values()) <= 1000 - 10  # trimmed as they are read
+
+
+def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    for i in range(50):
+        ledger.observe("ns", f"c{i}", SPEC)
+    ledger.reprice(ClassResolver(index.catalogue, device_patterns=["whole.*"]))
+    assert ledger.usage(["ns"]).matched == {"whole.*": 100}
+    assert len({id(c.charge) for c in ledger._claims.values()}) == 1
