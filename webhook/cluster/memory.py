@@ -17,6 +17,7 @@ from typing import Any
 
 from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
 from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
+from webhook.cluster.informer import ClaimStore, slim_claim
 
 
 class InMemoryCluster:
@@ -27,7 +28,8 @@ class InMemoryCluster:
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._device_classes: dict[str, dict[str, Any]] = {}
-        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        # Claims are kept as the real adapter keeps them: identity and spec, specs shared by shape.
+        self._claims = ClaimStore()
         self._configmaps: dict[str, dict[str, Any]] = {}
         self._handlers: dict[Source, list[EventHandler]] = {}
         self._namespace_generation = 0
@@ -46,14 +48,17 @@ class InMemoryCluster:
         key = (meta["namespace"], meta["name"])
         with self._lock:
             event: EventType = "MODIFIED" if key in self._claims else "ADDED"
-            self._claims[key] = copy.deepcopy(claim)
-        self._emit("resourceclaims", event, claim)
+            self._claims.put(key, slim_claim(claim))
+            stored = self._claims.export(self._claims.get(key) or {})
+        self._emit("resourceclaims", event, stored)
 
     def delete_claim(self, namespace: str, name: str) -> None:
         with self._lock:
-            claim = self._claims.pop((namespace, name), None)
-        if claim is not None:
-            self._emit("resourceclaims", "DELETED", claim)
+            claim = self._claims.get((namespace, name))
+            stored = self._claims.export(claim) if claim is not None else None
+            self._claims.pop((namespace, name))
+        if stored is not None:
+            self._emit("resourceclaims", "DELETED", stored)
 
     def put_configmap(self, configmap: dict[str, Any]) -> None:
         """Create or replace a ConfigMap; a policy or catalogue label routes it to its watchers."""
@@ -96,7 +101,7 @@ class InMemoryCluster:
         self._handlers.setdefault(source, []).append(handler)
         with self._lock:
             if source == "resourceclaims":
-                existing = list(self._claims.values())
+                existing = [self._claims.export(c) for c in self._claims.view().values()]
             else:
                 existing = [c for c in self._configmaps.values() if source in _configmap_sources(c)]
         for obj in existing:
