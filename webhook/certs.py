@@ -625,7 +625,7 @@ def _common_name(pair: KeyPair) -> str:
 # Files
 
 
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
     # Readers (the TLS reloader, kubelet-style consumers) must see either the
     # old or the new file, never a prefix: write a temp file in the same
     # directory (same filesystem, so os.replace is atomic), fsync, rename.
@@ -671,9 +671,9 @@ def write_pair(directory: Path, *, ca: KeyPair, serving: KeyPair) -> None:
     validate_pair(serving.cert_pem, serving.key_pem)
     _load_certs(ca.cert_pem, what="CA certificate")
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / CA_FILE, ca.cert_pem, mode=0o644)
-    _atomic_write(directory / CERT_FILE, serving.cert_pem, mode=0o644)
-    _atomic_write(directory / KEY_FILE, serving.key_pem, mode=0o600)
+    atomic_write(directory / CA_FILE, ca.cert_pem, mode=0o644)
+    atomic_write(directory / CERT_FILE, serving.cert_pem, mode=0o644)
+    atomic_write(directory / KEY_FILE, serving.key_pem, mode=0o600)
     _fsync_dir(directory)
 
 

@@ -20,9 +20,7 @@ import argparse
 import base64
 import binascii
 import contextlib
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -506,8 +504,8 @@ def _persist(
     directory.mkdir(parents=True, exist_ok=True)
     if next_ca is not None:
         write_ca_key(directory / NEXT_CA_KEY_FILE, next_ca)
-        _atomic_write(directory / NEXT_CA_FILE, next_ca.cert_pem, mode=0o644)
-    _atomic_write(directory / BUNDLE_FILE, bundle, mode=0o644)
+        certs.atomic_write(directory / NEXT_CA_FILE, next_ca.cert_pem, mode=0o644)
+    certs.atomic_write(directory / BUNDLE_FILE, bundle, mode=0o644)
     certs.write_pair(directory, ca=ca, serving=serving)
     write_ca_key(directory / CA_KEY_FILE, ca)
     if next_ca is None:
@@ -523,24 +521,7 @@ def write_ca_key(path: Path, ca: certs.KeyPair) -> None:
     keeping the key is this command's job (and belongs outside the cluster).
     """
     ca.validate()
-    _atomic_write(path, ca.key_pem, mode=0o600)
-
-
-def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    # Same approach as webhook.certs: temp file in the same folder, final mode before any byte,
-    # fsync, rename. A reader sees the old or the new file, never a prefix.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    certs.atomic_write(path, ca.key_pem, mode=0o600)
 
 
 # --------------------------------------------------------------------------- small helpers
