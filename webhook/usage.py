@@ -59,7 +59,12 @@ class UsageLedger:
     # 100,000 claims cost a dict entry each, not 100,000 copies of the same numbers.
     _shapes: dict[Basis, tuple[Basis, Charge]] = field(default_factory=dict)
     _by_namespace: dict[str, Charge] = field(default_factory=dict)
-    _reservations: dict[str, _Reservation] = field(default_factory=dict)
+    # Live reservations per namespace (insertion order = expiry order, the TTL being constant), their
+    # per-namespace sum, and one FIFO of expiry times: a decision costs O(its namespaces), whatever
+    # the number of reservations in flight elsewhere.
+    _reservations: dict[str, dict[int, _Reservation]] = field(default_factory=dict)
+    _reserved: dict[str, Charge] = field(default_factory=dict)
+    _expiry: deque[tuple[float, str, int]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_token: int = 0
     # Claims seen appearing within the last TTL, per namespace, oldest first (for LeaseCoordinator).
@@ -126,9 +131,12 @@ class UsageLedger:
             ok = fits(current)
             if ok and reserve:
                 self._next_token += 1
-                self._reservations[str(self._next_token)] = _Reservation(
-                    namespace, requested, self.clock() + self.reservation_ttl
+                expires = self.clock() + self.reservation_ttl
+                self._reservations.setdefault(namespace, {})[self._next_token] = _Reservation(
+                    namespace, requested, expires
                 )
+                self._reserved[namespace] = self._reserved.get(namespace, ZERO) + requested
+                self._expiry.append((expires, namespace, self._next_token))
             return ok, current
 
     def committed(self, namespaces: Iterable[str]) -> tuple[Charge, list[Observation]]:
@@ -155,17 +163,14 @@ class UsageLedger:
     def reservation_count(self) -> int:
         with self._lock:
             self._expire()
-            return len(self._reservations)
+            return sum(len(r) for r in self._reservations.values())
 
     # -- internals (lock held) -----------------------------------------------------------------
     def _usage(self, namespaces: Iterable[str]) -> Charge:
         wanted = set(namespaces)
         total = ZERO
         for ns in wanted:
-            total = total + self._by_namespace.get(ns, ZERO)
-        for reservation in self._reservations.values():
-            if reservation.namespace in wanted:
-                total = total + reservation.charge
+            total = total + self._by_namespace.get(ns, ZERO) + self._reserved.get(ns, ZERO)
         return total
 
     def _add(self, namespace: str, delta: Charge) -> None:
@@ -181,12 +186,25 @@ class UsageLedger:
             seen.popleft()
 
     def _confirm(self, namespace: str, observed: Charge) -> None:
-        for token, reservation in sorted(self._reservations.items(), key=lambda kv: kv[1].expires):
-            if reservation.namespace == namespace and reservation.charge == observed:
-                del self._reservations[token]
-                return
+        """The claim a reservation was for has appeared: it is counted as usage now."""
+        pending = self._reservations.get(namespace) or {}
+        token = next((t for t, r in pending.items() if r.charge == observed), None)  # oldest first
+        if token is not None:
+            self._release(namespace, token)
 
     def _expire(self) -> None:
         now = self.clock()
-        for token in [t for t, r in self._reservations.items() if r.expires <= now]:
-            del self._reservations[token]
+        while self._expiry and self._expiry[0][0] <= now:
+            _, namespace, token = self._expiry.popleft()
+            self._release(namespace, token)  # a no-op if it was confirmed already
+
+    def _release(self, namespace: str, token: int) -> None:
+        pending = self._reservations.get(namespace)
+        reservation = pending.pop(token, None) if pending is not None else None
+        if reservation is None:
+            return
+        left = self._reserved[namespace] - reservation.charge
+        if pending:
+            self._reserved[namespace] = left
+        else:
+            del self._reservations[namespace], self._reserved[namespace]

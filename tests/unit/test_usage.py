@@ -47,3 +47,31 @@ def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
     ledger.reprice(ClassResolver(index.catalogue, device_patterns=["whole.*"]))
     assert ledger.usage(["ns"]).matched == {"whole.*": 100}
     assert len({id(c.charge) for c in ledger._claims.values()}) == 1
+
+
+def test_a_decision_does_not_walk_other_namespaces_reservations(index: CatalogueIndex, monkeypatch: Any) -> None:
+    from webhook import charge as charge_module
+
+    now = [0.0]
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, clock=lambda: now[0])
+    one = charge_module.Charge(devices={"x": 1}, claims=1)
+    for i in range(5000):  # in flight elsewhere, never confirmed yet
+        ledger.admit(
+            namespace=f"other-{i}", namespaces=[f"other-{i}"], requested=one, fits=lambda _: True, reserve=True
+        )
+    additions = 0
+    original = charge_module.Charge._combine
+
+    def counting(self: Any, other: Any, sign: int) -> Any:
+        nonlocal additions
+        additions += 1
+        return original(self, other, sign)
+
+    monkeypatch.setattr(charge_module.Charge, "_combine", counting)
+    ok, usage = ledger.admit(namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True)
+    assert ok and usage.claims == 0
+    assert additions <= 3  # the namespace's claims and reservations, and the new reservation
+    monkeypatch.undo()
+    assert ledger.reservation_count == 5001
+    now[0] += 31
+    assert ledger.reservation_count == 0 and ledger.usage(["other-7"]).claims == 0
