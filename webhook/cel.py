@@ -39,10 +39,13 @@ class Program:
     expression: str
     nodes: int
     _runner: Any
+    uses: frozenset[str] = frozenset()  # the variables the expression reads
 
     def evaluate(self, activation: Mapping[str, Any]) -> Any:
-        """Evaluate with plain-Python data (dicts, lists, str, int, bool, None)."""
-        cel_activation = {name: json_to_cel(value) for name, value in activation.items()}
+        """Evaluate with plain-Python data (dicts, lists, str, int, bool, None). Only the variables
+        the expression reads are converted to CEL values: converting a whole Pod costs more than
+        most rules do."""
+        cel_activation = {name: json_to_cel(value) for name, value in activation.items() if name in self.uses}
         try:
             result = self._runner.evaluate(cel_activation)
         except CELEvalError as err:
@@ -73,11 +76,12 @@ def compile_rule(expression: str, *, variables: frozenset[str]) -> Program:
         depth = _macro_depth(ast)
         if depth > MAX_MACRO_DEPTH:
             raise CelError(f"comprehensions nest {depth} deep, the limit is {MAX_MACRO_DEPTH}")
-        unknown = sorted(_identifiers(ast) - variables - _MACRO_VARIABLES(ast))
+        used = _identifiers(ast) - _MACRO_VARIABLES(ast)
+        unknown = sorted(used - variables)
         if unknown:
             raise CelError(f"unknown variable(s) {', '.join(unknown)}; rules may use {', '.join(sorted(variables))}")
         runner = env.program(ast)
-    return Program(expression=expression, nodes=nodes, _runner=runner)
+    return Program(expression=expression, nodes=nodes, _runner=runner, uses=frozenset(used & variables))
 
 
 def _macro_depth(tree: Tree[Any]) -> int:
