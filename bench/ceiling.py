@@ -1,0 +1,34 @@
+"""The ceiling: the least an AdmissionReview endpoint can do on this stack.
+
+A bare FastAPI app that reads the body, ``json.loads`` it and allows with the uid echoed. Served by
+the same ``webhook.server.uvicorn_server`` over the same TLS context as dra-bridge, it measures what
+uvicorn, TLS, the HTTP parser and FastAPI cost on their own, so dra-bridge's figures can be read
+as a ratio to it. ``/mutate`` and ``/validate`` are the same endpoint so the same targets work.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+
+def create_ceiling_app() -> FastAPI:
+    app = FastAPI(title="ceiling", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def review(request: Request) -> Response:
+        document = json.loads(await request.body())
+        uid = document["request"]["uid"]
+        return JSONResponse(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": uid, "allowed": True}}
+        )
+
+    app.add_api_route("/mutate", review, methods=["POST"])
+    app.add_api_route("/validate", review, methods=["POST"])
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        return JSONResponse({"ready": True})
+
+    return app

@@ -1,0 +1,358 @@
+"""Where dra-bridge's time goes: profiles of the paths the benchmark measures.
+
+    python bench/profiling.py seed --claims 20000            # cProfile: add_claim -> usage ledger
+    python bench/profiling.py app --workload mutate_small    # pyinstrument: one process, no sockets
+    python bench/profiling.py live --workload mutate_small   # cProfile in the real server under vegeta
+
+``app`` sends AdmissionReviews straight into the ASGI app (FastAPI, the HTTP layer, the audit log,
+the engine), with the thread-pool hop made inline so that one profiler sees the whole request (the
+hop's own cost is timed separately: ``--threadpool`` keeps it). ``live`` runs bench/server.py on
+CPU 0 and vegeta on CPU 1 like bench/run.py, with cProfile in every server thread timed by that
+thread's CPU clock (so waiting threads cost nothing), and prints the merged profile. cProfile slows
+the server about twice; read shares, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import workload  # noqa: E402
+
+WORKLOADS = {
+    "mutate_small": ("/mutate", "small"),
+    "mutate_large": ("/mutate", "large"),
+    "mutate_no_gpu": ("/mutate", "no-gpu"),
+    "validate": ("/validate", "claims"),
+    "validate_rules": ("/validate", "claims-rules"),
+}
+
+
+def runtime_for(*, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path) -> Any:
+    from bench.server import seed_claims, seeded_cluster
+    from webhook.server import build_runtime
+    from webhook.settings import Settings
+
+    spec = {"claims": claims, "tenants": tenants, "rules": rules, "rule_tenants": rule_tenants}
+    cluster = seeded_cluster(spec)
+    fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
+    if "audit_file" in Settings.model_fields:
+        fields["audit_file"] = str(audit)
+    runtime = build_runtime(Settings(**fields), cluster=cluster)
+    seed_claims(cluster, spec)
+    return runtime
+
+
+def bodies(name: str, count: int, *, tenants: int, rule_tenants: int) -> list[bytes]:
+    body = WORKLOADS[name][1]
+    if body.startswith("claims"):
+        spread = rule_tenants if body == "claims-rules" else tenants
+        return [workload.encode(workload.claim_review(i, tenants=spread, run="profile")) for i in range(count)]
+    make = {"small": workload.small_gpu_pod, "large": workload.large_pod, "no-gpu": workload.no_gpu_pod}[body]
+    return [workload.encode(workload.pod_review(make()))] * count
+
+
+# -- seed ---------------------------------------------------------------------------------------------
+
+
+def cmd_seed(args: argparse.Namespace) -> None:
+    from bench.server import seeded_cluster
+    from webhook.server import build_runtime
+    from webhook.settings import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"claims": 0, "tenants": args.tenants, "rules": 0, "rule_tenants": 0}
+        cluster = seeded_cluster(spec)
+        fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
+        if "audit_file" in Settings.model_fields:
+            fields["audit_file"] = str(Path(tmp) / "audit.log")
+        runtime = build_runtime(Settings(**fields), cluster=cluster)
+        claims = [workload.stored_claim(i, tenants=args.tenants) for i in range(args.claims)]
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        for claim in claims:
+            cluster.add_claim(claim)
+        profiler.disable()
+        elapsed = time.perf_counter() - started
+        print(
+            f"seeded {runtime.quota.ledger.claim_count} claims in {elapsed:.2f} s under cProfile "
+            f"({1e6 * elapsed / max(1, args.claims):.0f} us per claim)"
+        )
+        print_stats(profiler, args.top)
+
+
+def print_stats(profiler: cProfile.Profile, top: int) -> None:
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats(order).print_stats(top)
+        print(f"--- by {order} ---")
+        print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:20000])
+
+
+# -- app (in process) ----------------------------------------------------------------------------------
+
+
+async def call(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8443),
+    }
+    sent = False
+    status, chunks = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+class _InlineExecutor:
+    """Stands in for the HTTP layer's thread pool: runs the decision where it is submitted."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def submit(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        import concurrent.futures
+
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(func(*args, **kwargs))
+        except BaseException as err:  # delivered to the awaiting coroutine, as the pool would
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+def _inline_hop() -> Any:
+    """Patch the HTTP layer's hop to a thread (whichever form it has) to run inline; returns an undo."""
+    import webhook.http
+
+    async def inline(func: Any, *a: Any, **kw: Any) -> Any:
+        return func(*a, **kw)
+
+    patched = {
+        name: replacement
+        for name, replacement in (("run_in_threadpool", inline), ("ThreadPoolExecutor", _InlineExecutor))
+        if hasattr(webhook.http, name)
+    }
+    originals = {name: getattr(webhook.http, name) for name in patched}
+    for name, replacement in patched.items():
+        setattr(webhook.http, name, replacement)
+
+    def undo() -> None:
+        for name, original in originals.items():
+            setattr(webhook.http, name, original)
+
+    return undo
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    from pyinstrument import Profiler
+
+    path = WORKLOADS[args.workload][0]
+    rules = args.rules if args.workload == "validate_rules" else 0
+    payloads = bodies(args.workload, args.requests + 200, tenants=args.tenants, rule_tenants=args.rule_tenants)
+    warm, timed = payloads[:200], payloads[200:]
+
+    def runtime(tmp: str, name: str) -> Any:
+        return runtime_for(
+            claims=args.claims,
+            tenants=args.tenants,
+            rules=rules,
+            rule_tenants=args.rule_tenants,
+            audit=Path(tmp) / f"audit-{name}.log",
+        )
+
+    async def drive(app: Any, batch: list[bytes]) -> float:
+        """CPU seconds (every thread of this process) to answer ``batch`` one after the other."""
+        started = time.process_time()
+        for body in batch:
+            status, answer = await call(app, path, body)
+            if status != 200 or b'"allowed":true' not in answer:
+                raise SystemExit(f"unexpected answer {status}: {answer[:300]!r}")
+        return time.process_time() - started
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hop = runtime(tmp, "hop")
+        asyncio.run(drive(hop.app, warm))
+        with_hop = asyncio.run(drive(hop.app, timed))
+        undo = None if args.threadpool else _inline_hop()
+        try:
+            inline = runtime(tmp, "inline")  # the app is built with the patched hop
+            asyncio.run(drive(inline.app, warm))
+            inline_cpu = asyncio.run(drive(inline.app, timed))
+            profiler = Profiler(interval=0.0005)
+            profiler.start()
+            asyncio.run(drive(inline.app, timed[: max(1, len(timed) // 2)]))
+            profiler.stop()
+        finally:
+            if undo is not None:
+                undo()
+    n = len(timed)
+    print(
+        f"{args.workload}: {1e3 * with_hop / n:.3f} ms CPU/request with the thread-pool hop, "
+        f"{1e3 * inline_cpu / n:.3f} ms CPU/request {'with it too' if args.threadpool else 'inline'} "
+        "(requests one at a time, no sockets, no TLS, one process)"
+    )
+    print(profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False))
+    if args.html:
+        Path(args.html).write_text(profiler.output_html())
+        print(f"HTML profile: {args.html}")
+
+
+# -- live (cProfile in every thread of the real server under vegeta) --------------------------------------
+
+
+def cmd_live(args: argparse.Namespace) -> None:
+    import pstats
+
+    from bench.run import LOAD_CPU, SERVER_CPU, start_server, wait_ready
+    from bench.vegeta import Attack, ensure_vegeta, run_attack
+    from webhook.certs import ensure_dev_certs
+
+    vegeta, _ = ensure_vegeta()
+    taskset = shutil.which("taskset")
+    server_prefix = [taskset, "-c", str(SERVER_CPU)] if taskset else []
+    load_prefix = [taskset, "-c", str(LOAD_CPU)] if taskset else []
+    path, body = WORKLOADS[args.workload]
+    rules = args.rules if args.workload == "validate_rules" else 0
+    spec: dict[str, Any] = {
+        "app": "dra-bridge",
+        "claims": args.claims,
+        "tenants": args.tenants,
+        "rules": rules,
+        "rule_tenants": args.rule_tenants,
+    }
+    if args.ceiling:
+        spec = {"app": "ceiling"}
+    work = Path(tempfile.mkdtemp(prefix="dra-bridge-profile-"))
+    certs = ensure_dev_certs(work / "certs")
+    stats_file = work / "server.pstats"
+    server = start_server(
+        "profiled",
+        spec,
+        python=args.python,
+        certs=certs,
+        work=work,
+        cpu_prefix=server_prefix,
+        extra_args=("--cprofile", str(stats_file)),
+    )
+    try:
+        if not wait_ready(server, ca=certs / "ca.crt", timeout=900):
+            raise SystemExit(f"server not ready:\n{server.log_tail()}")
+        count = int((args.rate or 3000) * args.seconds) + 100
+        spread = args.rule_tenants if body == "claims-rules" else args.tenants
+        targets = work / "targets.jsonl"
+        with targets.open("w") as out:
+            if body.startswith("claims"):
+                for i in range(count):
+                    review = workload.claim_review(i, tenants=spread, run="live")
+                    out.write(workload.vegeta_target(server.url + path, workload.encode(review)) + "\n")
+            else:
+                make = {"small": workload.small_gpu_pod, "large": workload.large_pod, "no-gpu": workload.no_gpu_pod}[
+                    body
+                ]
+                out.write(
+                    workload.vegeta_target(server.url + path, workload.encode(workload.pod_review(make()))) + "\n"
+                )
+        attack = Attack("profile", targets, args.rate, args.seconds, None if args.rate else args.workers)
+        run_attack(vegeta, attack, root_certs=certs / "ca.crt", output=work / "results.bin", cpu_prefix=load_prefix)
+    finally:
+        server.stop()
+    if not stats_file.exists():
+        raise SystemExit(f"no profile written:\n{server.log_tail()}")
+    stats = pstats.Stats(str(stats_file))
+    print(
+        f"{args.workload if not args.ceiling else 'ceiling'}: CPU time of every server thread (cProfile, "
+        f"time.thread_time), {args.seconds:g} s of {'saturation' if not args.rate else f'{args.rate} req/s'}"
+    )
+    for order in ("tottime", "cumulative"):
+        out_text = io.StringIO()
+        stats.stream = out_text  # type: ignore[attr-defined]
+        stats.sort_stats(order).print_stats(args.top)
+        print(f"--- by {order} ---")
+        print("\n".join(line for line in out_text.getvalue().splitlines() if line.strip()))
+    if args.keep:
+        shutil.copy(stats_file, args.keep)
+        print(f"pstats file: {args.keep} (python -m pstats, snakeviz)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--claims", type=int, default=0)
+    common.add_argument("--tenants", type=int, default=1000)
+    common.add_argument("--rules", type=int, default=5)
+    common.add_argument("--rule-tenants", type=int, default=10)
+    common.add_argument("--top", type=int, default=30)
+    seed = sub.add_parser("seed", parents=[common])
+    seed.set_defaults(func=cmd_seed)
+    app = sub.add_parser("app", parents=[common])
+    app.add_argument("--workload", choices=sorted(WORKLOADS), default="mutate_small")
+    app.add_argument("--requests", type=int, default=3000)
+    app.add_argument("--threadpool", action="store_true", help="profile with the thread-pool hop (threads unseen)")
+    app.add_argument("--html")
+    app.set_defaults(func=cmd_app)
+    live = sub.add_parser("live", parents=[common])
+    live.add_argument("--workload", choices=sorted(WORKLOADS), default="mutate_small")
+    live.add_argument("--ceiling", action="store_true", help="profile the ceiling instead")
+    live.add_argument("--seconds", type=float, default=10)
+    live.add_argument("--rate", type=int, default=0, help="req/s; 0: saturation with --workers")
+    live.add_argument("--workers", type=int, default=32)
+    live.add_argument("--python", default=sys.executable)
+    live.add_argument("--keep", help="copy the pstats file here")
+    live.set_defaults(func=cmd_live)
+    args = parser.parse_args(argv)
+    if args.command == "seed" and args.claims == 0:
+        args.claims = 20000
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,914 @@
+"""The benchmark: dra-bridge against the ceiling, over TLS, under vegeta.
+
+    .venv/bin/python bench/run.py [--quick] [--out bench/results/latest.json]
+
+Starts the ceiling (bench/ceiling.py) once and dra-bridge (bench/server.py: the real app from
+``webhook.server.build_runtime`` under ``uvicorn_server``, in-memory cluster seeded per workload)
+once per cluster shape, the servers on CPU 0 and vegeta on CPU 1 (``taskset``). For each workload:
+a short warm-up, constant-rate attacks (open model) at each rate, and saturation attacks at each
+worker count (the best counts). Prints a table and the targets (PASS/MISS with the margin) and
+writes everything to JSON. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import workload  # noqa: E402
+from bench.vegeta import Attack, Expect, ensure_vegeta, run_attack, summarize  # noqa: E402
+
+SERVER_CPU, LOAD_CPU = 0, 1
+MIB = 1024 * 1024
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    rates: tuple[int, ...]
+    duration: float  # each constant-rate attack
+    saturation_duration: float
+    warmup: float
+    workers: tuple[int, ...]  # saturation: requests in flight
+    claims: tuple[int, ...]  # cluster shapes for quota validation; the largest is the "with claims" figure
+    tenants: int
+    rules: tuple[int, ...]  # CEL rule counts; 0 is the plain quota run at the fewest claims
+    rule_tenants: int  # tenants carrying the rules, and receiving the rules workloads' claims
+    ready_timeout: float
+    request_timeout: float  # vegeta's per-request timeout: a request slower than this is a failure
+    saturation_cap_rps: int  # distinct claims generated per saturation second
+    python: str  # interpreter for the servers
+    out: Path
+    keep_work: bool
+    only: tuple[str, ...] = ()  # run just these workloads (and the servers they need)
+    targets: dict[str, float] = field(default_factory=dict)
+
+
+TARGETS = {
+    "mutate_throughput_vs_ceiling_min": 0.75,
+    "mutate_p99_ms_at_high_rate_max": 10.0,
+    "quota_p99_ratio_max": 1.10,
+    "rss_with_claims_mib_max": 160.0,
+    "ready_with_claims_seconds_max": 15.0,
+}
+
+
+def parse_config(argv: list[str] | None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short attacks, one worker count (~2 min)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--rates", help="constant rates, req/s (default 200,500)")
+    parser.add_argument("--duration", type=float, help="seconds per constant-rate attack (default 20, quick 2)")
+    parser.add_argument("--saturation-duration", type=float, help="seconds per saturation attack (default 20, quick 2)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of warm-up per workload, not counted (default 2, quick 0.5)"
+    )
+    parser.add_argument("--workers", help="saturation worker counts (default 32,64; quick 32)")
+    parser.add_argument("--claims", help="existing claims per quota run (default 0,10000,100000; quick 0,100000)")
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--rules", help="CEL rule counts (default 0,5,20)")
+    parser.add_argument("--rule-tenants", type=int, default=10, help="tenants carrying the rules (default 10)")
+    parser.add_argument("--ready-timeout", type=float, help="seconds to wait for /readyz (default 900, quick 45)")
+    parser.add_argument(
+        "--timeout", type=float, help="per-request timeout, seconds (default 10 as the apiserver's, quick 5)"
+    )
+    parser.add_argument("--saturation-cap", type=int, default=2000, help="distinct claims per saturation second")
+    parser.add_argument("--python", default=sys.executable, help="interpreter running the servers")
+    parser.add_argument("--keep-work", action="store_true", help="keep targets, results and logs (path printed)")
+    parser.add_argument(
+        "--only", help="comma-separated workloads to run (for A/B experiments); figures of the others are null"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+
+    def ints(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(",")) if text else default
+
+    config = Config(
+        quick=quick,
+        rates=ints(args.rates, (200, 500)),
+        duration=args.duration or (2.0 if quick else 20.0),
+        saturation_duration=args.saturation_duration or (2.0 if quick else 20.0),
+        warmup=args.warmup if args.warmup is not None else (0.5 if quick else 2.0),
+        workers=ints(args.workers, (32,) if quick else (32, 64)),
+        claims=tuple(sorted(set(ints(args.claims, (0, 100_000) if quick else (0, 10_000, 100_000))))),
+        tenants=args.tenants,
+        rules=tuple(sorted(set(ints(args.rules, (0, 5, 20))) | {0})),
+        rule_tenants=min(args.rule_tenants, args.tenants),
+        ready_timeout=args.ready_timeout or (45.0 if quick else 900.0),
+        request_timeout=args.timeout or (5.0 if quick else 10.0),
+        saturation_cap_rps=args.saturation_cap,
+        python=args.python,
+        out=args.out,
+        keep_work=args.keep_work,
+        only=tuple(args.only.split(",")) if args.only else (),
+        targets=dict(TARGETS),
+    )
+    if max(config.rules) > len(workload.TRUE_RULES):
+        parser.error(f"at most {len(workload.TRUE_RULES)} rules")
+    return config
+
+
+# -- the machine ------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float]:
+    with contextlib.suppress(OSError):
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    return []
+
+
+def server_stack(python: str) -> dict[str, Any]:
+    """What the server interpreter has: uvicorn picks uvloop/httptools when importable ("auto")."""
+    probe = (
+        "import importlib.util as u, importlib.metadata as m, json, platform\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "names = ['uvicorn','httptools','uvloop','h11','fastapi','starlette','pydantic','anyio','orjson','cel-python']\n"
+        "out = {n: v(n) for n in names}\n"
+        "out['python'] = platform.python_version()\n"
+        "import inspect, ssl, webhook.server as w\n"
+        "src = inspect.getsource(w)\n"
+        "out['uvicorn_http'] = 'httptools' if 'http=\"httptools\"' in src else ('httptools (auto)' if u.find_spec('httptools') else 'h11')\n"
+        "out['uvicorn_loop'] = 'uvloop' if ('_use_uvloop' in src and u.find_spec('uvloop')) else 'asyncio'\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(proc.stdout)
+
+
+def machine(config: Config, vegeta_version: str, pinned: bool) -> dict[str, Any]:
+    stack = server_stack(config.python)
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "python": stack.pop("python"),
+        "server_stack": stack,
+        "vegeta": vegeta_version,
+        "pinning": (
+            f"servers on CPU {SERVER_CPU}, vegeta and this harness on CPU {LOAD_CPU} (taskset)"
+            if pinned
+            else "none: fewer than 2 CPUs or no taskset; servers and vegeta share the CPUs"
+        ),
+        "loadavg_start": loadavg(),
+    }
+
+
+class CpuClock:
+    """CPU seconds of one process (all its threads) and of each CPU, from /proc."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def process(cls, pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / cls.TICK  # utime + stime
+
+    @classmethod
+    def cpus(cls) -> dict[int, float]:
+        busy: dict[int, float] = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *values = line.split()
+                v = [int(x) for x in values]
+                busy[int(name[3:])] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / cls.TICK  # not idle/iowait
+        return busy
+
+
+def memory(pid: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)  # kB -> MiB
+    return out
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    name: str
+    spec: dict[str, Any]
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    started: float
+    ready_seconds: float | None = None
+    url: str = ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        with contextlib.suppress(OSError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line))
+        return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # graceful: uvicorn drains, then exits
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_server(
+    name: str,
+    spec: dict[str, Any],
+    *,
+    python: str,
+    certs: Path,
+    work: Path,
+    cpu_prefix: list[str],
+    extra_args: tuple[str, ...] = (),
+) -> Server:
+    port = free_port()
+    log = work / f"server-{name}.log"
+    command = [
+        *cpu_prefix,
+        python,
+        str(ROOT / "bench" / "server.py"),
+        "--port",
+        str(port),
+        "--cert-dir",
+        str(certs),
+        "--spec",
+        json.dumps({**spec, **({"audit_file": str(work / f"audit-{name}.log")} if spec["app"] != "ceiling" else {})}),
+        *extra_args,
+    ]
+    with log.open("wb") as sink:
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=work)
+    return Server(
+        name=name, spec=spec, port=port, process=process, log=log, started=started, url=f"https://127.0.0.1:{port}"
+    )
+
+
+def wait_ready(server: Server, *, ca: Path, timeout: float) -> bool:
+    """Poll /readyz until it answers 200; the time from process start is the server's time to Ready."""
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = server.started + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server {server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=5)
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                server.ready_seconds = round(time.monotonic() - server.started, 3)
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.05)
+    return False
+
+
+# -- workloads --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    server: str
+    path: str  # /mutate or /validate
+    body: str  # small, large, no-gpu, claims (distinct per request), claims-rules
+    expect: Expect
+    ceiling: str | None = None  # the ceiling workload with the same (or, noted, a similar) body
+    note: str = ""
+    secondary: bool = False  # --quick runs only its saturation attacks
+
+
+def plan(config: Config) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
+    """Servers (name -> spec) and the workloads, in the order they run."""
+    fewest = config.claims[0]
+    base = f"claims-{fewest}"
+    servers: dict[str, dict[str, Any]] = {"ceiling": {"app": "ceiling"}}
+    for n in config.claims:
+        servers[f"claims-{n}"] = {"app": "dra-bridge", "claims": n, "tenants": config.tenants, "rules": 0}
+    for r in config.rules:
+        if r:
+            servers[f"rules-{r}"] = {
+                "app": "dra-bridge",
+                "claims": fewest,
+                "tenants": config.tenants,
+                "rules": r,
+                "rule_tenants": config.rule_tenants,
+            }
+    workloads = [
+        Workload("ceiling_small", "ceiling", "/mutate", "small", "allowed"),
+        Workload("ceiling_large", "ceiling", "/mutate", "large", "allowed", secondary=True),
+        Workload("ceiling_claim", "ceiling", "/validate", "claims", "allowed", secondary=True),
+        Workload("mutate_small", base, "/mutate", "small", "patched", ceiling="ceiling_small"),
+        Workload("mutate_large", base, "/mutate", "large", "patched", ceiling="ceiling_large"),
+        Workload(
+            "mutate_no_gpu",
+            base,
+            "/mutate",
+            "no-gpu",
+            "not-patched",
+            ceiling="ceiling_small",
+            note="ceiling with the small GPU Pod's body (same shape and size within a few bytes)",
+        ),
+    ]
+    for n in config.claims:
+        workloads.append(
+            Workload(f"validate_claims_{n}", f"claims-{n}", "/validate", "claims", "allowed", "ceiling_claim")
+        )
+    for r in config.rules:
+        if r:
+            workloads.append(
+                Workload(f"validate_rules_{r}", f"rules-{r}", "/validate", "claims-rules", "allowed", "ceiling_claim")
+            )
+    return servers, workloads
+
+
+class Targets:
+    """vegeta target files: one line for the fixed Pod bodies (vegeta cycles through it), a distinct
+    claim per request for validation (so every admission is a new reservation)."""
+
+    def __init__(self, work: Path, config: Config) -> None:
+        self.work, self.config = work, config
+        self._cache: dict[tuple[str, str, str], Path] = {}
+        self._made = 0
+
+    def for_attack(self, body: str, url: str, attack: str, count: int) -> Path:
+        key = (body, url, attack if body.startswith("claims") else "")
+        if key in self._cache:
+            return self._cache[key]
+        self._made += 1
+        path = self.work / f"targets-{body}-{self._made}.jsonl"
+        with path.open("w") as out:
+            if body.startswith("claims"):
+                tenants = self.config.rule_tenants if body == "claims-rules" else self.config.tenants
+                for i in range(count):
+                    review = workload.claim_review(i, tenants=tenants, run=attack)
+                    out.write(workload.vegeta_target(url, workload.encode(review)) + "\n")
+            else:
+                out.write(workload.vegeta_target(url, workload.encode(self.pod_review(body))) + "\n")
+        self._cache[key] = path
+        return path
+
+    def discard(self, path: Path) -> None:
+        for key in [k for k, v in self._cache.items() if v == path]:
+            del self._cache[key]
+        path.unlink(missing_ok=True)
+
+    @staticmethod
+    def pod_review(body: str) -> dict[str, Any]:
+        make = {"small": workload.small_gpu_pod, "large": workload.large_pod, "no-gpu": workload.no_gpu_pod}[body]
+        return workload.pod_review(make())
+
+    def body_bytes(self, body: str) -> int:
+        if body.startswith("claims"):
+            return len(workload.encode(workload.claim_review(0, tenants=self.config.tenants, run="size")))
+        return len(workload.encode(self.pod_review(body)))
+
+
+@dataclass
+class Runner:
+    config: Config
+    vegeta: Path
+    ca: Path
+    work: Path
+    load_prefix: list[str]
+    targets: Targets
+    progress: Callable[[str], None]
+
+    def attacks(self, w: Workload) -> Iterator[tuple[str, Attack, bool]]:
+        """(key, attack, counted) for one workload: warm-up, each rate, each saturation count."""
+        c = self.config
+        warm_rate = min(100, min(c.rates))
+        yield "warmup", Attack(f"{w.name}-warmup", Path(), warm_rate, c.warmup), False
+        if c.quick and w.secondary:
+            rates: tuple[int, ...] = ()
+        else:
+            rates = c.rates
+        for rate in rates:
+            yield f"rate_{rate}", Attack(f"{w.name}-rate-{rate}", Path(), rate, c.duration), True
+        for n in c.workers:
+            yield f"saturation_{n}", Attack(f"{w.name}-sat-{n}", Path(), 0, c.saturation_duration, n), True
+
+    def run_workload(self, w: Workload, server: Server) -> dict[str, Any]:
+        c = self.config
+        url = server.url + w.path
+        out: dict[str, Any] = {
+            "server": w.server,
+            "endpoint": w.path,
+            "body": w.body,
+            "body_bytes": self.targets.body_bytes(w.body),
+            "expect": w.expect,
+            "ceiling": w.ceiling,
+            "attacks": {},
+        }
+        if w.note:
+            out["note"] = w.note
+        for key, attack, counted in self.attacks(w):
+            rate_for_targets = attack.rate or c.saturation_cap_rps
+            needed = int(rate_for_targets * attack.duration * 1.05) + 10
+            targets = self.targets.for_attack(w.body, url, f"{w.server}-{key}", needed)
+            attack = Attack(attack.name, targets, attack.rate, attack.duration, attack.workers, c.request_timeout)
+            self.progress(f"  {w.name:<22} {key:<15} ...")
+            figures = self.measure(attack, server, w.expect)
+            if w.body.startswith("claims"):
+                if figures["requests"] > needed:
+                    figures["targets_reused"] = True  # vegeta cycled: some claims were sent twice
+                self.targets.discard(targets)  # names are per server and attack: never sent again
+            if counted:
+                out["attacks"][key] = figures
+            else:
+                out["warmup"] = {k: figures[k] for k in ("requests", "success_ratio", "failures")}
+            lat = figures["latency_ms"]
+            self.progress(
+                f"\r  {w.name:<22} {key:<15} {figures['requests']:>7} req  ok {figures['success_ratio']:.4f}  "
+                f"{figures['throughput_rps'] or 0:>8.1f}/s  p50 {lat['p50']}  p99 {lat['p99']}  p99.9 {lat['p999']} ms\n"
+            )
+        return out
+
+    def measure(self, attack: Attack, server: Server, expect: Expect) -> dict[str, Any]:
+        results = self.work / f"results-{attack.name}.bin"  # kept with --keep-work (vegeta plot/report read it)
+        cpu_before, cpus_before, wall_before = CpuClock.process(server.process.pid), CpuClock.cpus(), time.monotonic()
+        run_attack(self.vegeta, attack, root_certs=self.ca, output=results, cpu_prefix=self.load_prefix)
+        elapsed = time.monotonic() - wall_before
+        cpu_after, cpus_after = CpuClock.process(server.process.pid), CpuClock.cpus()
+        figures = summarize(self.vegeta, results, expect=expect, cpu_prefix=self.load_prefix)
+        server_cpu = cpu_after - cpu_before
+        figures["attack"] = {"rate": attack.rate or None, "workers": attack.workers, "duration_s": attack.duration}
+        figures["server_cpu_s"] = round(server_cpu, 3)
+        figures["server_cpu_ms_per_request"] = (
+            round(1000 * server_cpu / figures["requests"], 3) if figures["requests"] else None
+        )
+        busy = {cpu: cpus_after.get(cpu, 0) - cpus_before.get(cpu, 0) for cpu in cpus_after}
+        # Noise: what else ran on the server's CPU (its busy time minus the server's own CPU time).
+        if SERVER_CPU in busy and self.load_prefix:
+            figures["foreign_load_on_server_cpu"] = round(max(0.0, busy[SERVER_CPU] - server_cpu) / elapsed, 3)
+        figures["loadavg_1m"] = loadavg()[:1]
+        if not self.config.keep_work:
+            results.unlink(missing_ok=True)
+        figures["settle_s"] = settle(server.process.pid)
+        return figures
+
+
+def settle(pid: int, *, idle_share: float = 0.1, window: float = 0.25, limit: float = 180.0) -> float:
+    """Wait until the server is idle (below ``idle_share`` of a CPU over ``window``): requests that
+    vegeta gave up on are still queued in the server after an overloaded attack (thousands, at
+    500 req/s against a capacity of 100), and would starve the next one. Returns the seconds
+    waited (``limit`` if it never settled)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = CpuClock.process(pid)
+        time.sleep(window)
+        if CpuClock.process(pid) - before < idle_share * window:
+            break
+    return round(time.monotonic() - started, 2)
+
+
+# -- figures and targets ----------------------------------------------------------------------------
+
+
+def best_saturation(attacks: dict[str, Any]) -> tuple[str | None, float | None]:
+    best: tuple[str | None, float | None] = (None, None)
+    for key, figures in attacks.items():
+        rps = figures.get("throughput_rps")
+        if key.startswith("saturation_") and rps is not None and (best[1] is None or rps > best[1]):
+            best = (key, rps)
+    return best
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def figures_of(config: Config, results: dict[str, Any]) -> dict[str, Any]:
+    w, servers = results["workloads"], results["servers"]
+    high = max(config.rates)
+    fewest, most = config.claims[0], config.claims[-1]
+    figures: dict[str, Any] = {
+        "throughput_rps": {},
+        "throughput_vs_ceiling": {},
+        "latency_ms": {},
+        "p99_vs_ceiling": {},
+        # Server CPU time per request at saturation: what contention from other processes on the
+        # server's CPU distorts least (req/s and latency suffer from it, CPU time per request much less).
+        "cpu_ms_per_request": {},
+        "cpu_capacity_vs_ceiling": {},
+    }
+    for name, data in w.items():
+        key, rps = best_saturation(data.get("attacks", {}))
+        figures["throughput_rps"][name] = {"rps": rps, "at": key}
+        figures["cpu_ms_per_request"][name] = data["attacks"][key].get("server_cpu_ms_per_request") if key else None
+        for rate in config.rates:
+            attack = data.get("attacks", {}).get(f"rate_{rate}")
+            lat = attack["latency_ms"] if attack else {}
+            figures["latency_ms"].setdefault(name, {})[str(rate)] = {q: lat.get(q) for q in ("p50", "p99", "p999")}
+    for name, data in w.items():
+        ceiling = data.get("ceiling")
+        if not ceiling or ceiling not in w:
+            continue
+        figures["throughput_vs_ceiling"][name] = ratio(
+            figures["throughput_rps"][name]["rps"], figures["throughput_rps"][ceiling]["rps"]
+        )
+        figures["cpu_capacity_vs_ceiling"][name] = ratio(
+            figures["cpu_ms_per_request"][ceiling], figures["cpu_ms_per_request"][name]
+        )
+        figures["p99_vs_ceiling"][name] = {
+            str(rate): ratio(
+                figures["latency_ms"][name][str(rate)]["p99"], figures["latency_ms"][ceiling][str(rate)]["p99"]
+            )
+            for rate in config.rates
+        }
+    quota = {
+        str(n): figures["latency_ms"].get(f"validate_claims_{n}", {}).get(str(config.rates[0]), {}).get("p99")
+        for n in config.claims
+    }
+    rules = {
+        str(r): figures["latency_ms"]
+        .get(f"validate_rules_{r}" if r else f"validate_claims_{fewest}", {})
+        .get(str(config.rates[0]), {})
+        .get("p99")
+        for r in config.rules
+    }
+    base_server, big_server = servers.get(f"claims-{fewest}", {}), servers.get(f"claims-{most}", {})
+    figures["quota"] = {
+        "rate": config.rates[0],
+        "p99_ms_by_claims": quota,
+        "p99_ratio_most_vs_fewest": ratio(quota[str(most)], quota[str(fewest)]),
+    }
+    figures["rules"] = {"rate": config.rates[0], "p99_ms_by_rules": rules, "rule_tenants": config.rule_tenants}
+    figures["rss_mib"] = {
+        "idle": base_server.get("rss_ready_mib"),
+        "with_claims": big_server.get("rss_ready_mib"),
+        "with_claims_after_load": big_server.get("rss_after_load_mib"),
+        "claims": most,
+    }
+    figures["ready_seconds"] = {
+        "idle": base_server.get("ready_seconds"),
+        "with_claims": big_server.get("ready_seconds"),
+        "claims": most,
+    }
+    successes = [a["success_ratio"] for d in w.values() for a in d.get("attacks", {}).values()]
+    figures["success_ratio_min"] = min(successes) if successes else None
+    foreign = [
+        a["foreign_load_on_server_cpu"]
+        for d in w.values()
+        for a in d.get("attacks", {}).values()
+        if a.get("foreign_load_on_server_cpu") is not None
+    ]
+    figures["noise"] = {
+        "foreign_load_on_server_cpu_mean": round(sum(foreign) / len(foreign), 3) if foreign else None,
+        "foreign_load_on_server_cpu_max": max(foreign) if foreign else None,
+    }
+    figures["high_rate"] = high
+    return figures
+
+
+def targets_of(config: Config, figures: dict[str, Any]) -> list[dict[str, Any]]:
+    t = config.targets
+    high, most, fewest = figures["high_rate"], figures["rss_mib"]["claims"], config.claims[0]
+    checks = [
+        (
+            "mutate throughput >= 75% of the ceiling",
+            figures["throughput_vs_ceiling"].get("mutate_small"),
+            t["mutate_throughput_vs_ceiling_min"],
+            ">=",
+            "x",
+        ),
+        (
+            f"mutate p99 at {high} req/s <= 10 ms",
+            figures["latency_ms"].get("mutate_small", {}).get(str(high), {}).get("p99"),
+            t["mutate_p99_ms_at_high_rate_max"],
+            "<=",
+            " ms",
+        ),
+        (
+            f"quota p99 with {most:,} claims within 10% of {fewest:,} (at {config.rates[0]} req/s)",
+            figures["quota"]["p99_ratio_most_vs_fewest"],
+            t["quota_p99_ratio_max"],
+            "<=",
+            "x",
+        ),
+        (
+            f"RSS with {most:,} claims <= 160 MiB",
+            figures["rss_mib"]["with_claims"],
+            t["rss_with_claims_mib_max"],
+            "<=",
+            " MiB",
+        ),
+        (
+            f"Ready within 15 s with {most:,} claims",
+            figures["ready_seconds"]["with_claims"],
+            t["ready_with_claims_seconds_max"],
+            "<=",
+            " s",
+        ),
+        ("every request succeeded (success ratio 1.0)", figures["success_ratio_min"], 1.0, ">=", ""),
+    ]
+    out = []
+    for name, value, limit, op, unit in checks:
+        if value is None:
+            out.append(
+                {"target": name, "value": None, "limit": limit, "pass": False, "margin": None, "detail": "not measured"}
+            )
+            continue
+        passed = value >= limit if op == ">=" else value <= limit
+        margin = value - limit if op == ">=" else limit - value  # positive: room left; negative: missed by
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "limit": limit,
+                "pass": passed,
+                "margin": round(margin, 3),
+                "detail": f"{value}{unit} vs {op} {limit}{unit}: {'room' if passed else 'missed by'} {abs(margin):.3g}{unit}",
+            }
+        )
+    cpu_ratio = figures["cpu_capacity_vs_ceiling"].get("mutate_small")
+    if cpu_ratio is not None:  # the same target read from CPU time per request, which noise distorts least
+        out[0]["detail"] += f" (by server CPU per request: {cpu_ratio}x)"
+    return out
+
+
+def required_figures(config: Config) -> list[str]:
+    """Dotted paths every result file has (values may be null only when a server never got Ready)."""
+    paths = [
+        "figures.noise.foreign_load_on_server_cpu_mean",
+        "figures.cpu_ms_per_request.mutate_small",
+        "figures.cpu_capacity_vs_ceiling.mutate_small",
+        "figures.success_ratio_min",
+        "figures.rss_mib.idle",
+        "figures.rss_mib.with_claims",
+        "figures.ready_seconds.idle",
+        "figures.ready_seconds.with_claims",
+        "figures.quota.p99_ratio_most_vs_fewest",
+    ]
+    _, workloads = plan(config)
+    for w in workloads:
+        paths.append(f"figures.throughput_rps.{w.name}.rps")
+        for rate in config.rates:
+            paths += [f"figures.latency_ms.{w.name}.{rate}.{q}" for q in ("p50", "p99", "p999")]
+        if w.ceiling:
+            paths.append(f"figures.throughput_vs_ceiling.{w.name}")
+            paths += [f"figures.p99_vs_ceiling.{w.name}.{rate}" for rate in config.rates]
+    paths += [f"figures.quota.p99_ms_by_claims.{n}" for n in config.claims]
+    paths += [f"figures.rules.p99_ms_by_rules.{r}" for r in config.rules]
+    return paths
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(config: Config, results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    stack = m["server_stack"]
+    lines.append(f"dra-bridge benchmark ({'quick' if config.quick else 'full'}), {results['date']}")
+    lines.append(
+        f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, uvicorn {stack['uvicorn']} "
+        f"(http {stack['uvicorn_http']}, loop {stack['uvicorn_loop']}), vegeta {m['vegeta']}"
+    )
+    lines.append(f"pinning: {m['pinning']}")
+    lines.append(
+        f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}; "
+        "'other' = share of the server CPU used by other processes during the attack"
+    )
+    noise = results["figures"]["noise"]["foreign_load_on_server_cpu_mean"]
+    if noise is not None and noise > 0.05:
+        lines.append(
+            f"NOISY: other processes used {noise:.0%} of the server's CPU on average during the attacks; "
+            "req/s and latencies are pessimistic, CPU ms per request is the steadier figure"
+        )
+    lines.append("")
+    head = f"{'workload':<22} {'attack':<14} {'sent/s':>7} {'ok/s':>7} {'success':>8} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7}  {'cpu ms/req':>10} {'other':>5}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for name, data in results["workloads"].items():
+        for key, a in data.get("attacks", {}).items():
+            lat = a["latency_ms"]
+            lines.append(
+                f"{name:<22} {key:<14} {fmt(a['sent_rps'], 0):>7} {fmt(a['throughput_rps'], 0):>7} {a['success_ratio']:>8.4f} "
+                f"{fmt(lat['p50']):>7} {fmt(lat['p99']):>7} {fmt(lat['p999']):>7} {fmt(lat['max']):>7}  "
+                f"{fmt(a.get('server_cpu_ms_per_request'), 3):>10} {fmt(a.get('foreign_load_on_server_cpu')):>5}"
+            )
+        if data.get("skipped"):
+            lines.append(f"{name:<22} skipped: {data['skipped']}")
+    lines.append("(latencies in ms; ok/s = successes per second; cpu ms/req = server CPU time per request)")
+    f = results["figures"]
+    lines.append("")
+    lines.append("figures")
+    for name, t in f["throughput_rps"].items():
+        vs = f["throughput_vs_ceiling"].get(name)
+        lines.append(
+            f"  saturation {name:<22} {fmt(t['rps'], 0):>7} req/s ({t['at']})" + (f"  {vs:.2f}x ceiling" if vs else "")
+        )
+    for name, cpu in f["cpu_ms_per_request"].items():
+        vs = f["cpu_capacity_vs_ceiling"].get(name)
+        lines.append(
+            f"  server CPU per request at saturation {name:<22} {fmt(cpu, 3):>6} ms"
+            + (f"  (capacity {vs:.2f}x the ceiling's)" if vs else "")
+        )
+    for name, by_rate in f["p99_vs_ceiling"].items():
+        lines.append(f"  p99 vs ceiling {name:<18} " + ", ".join(f"{r} req/s {fmt(v)}x" for r, v in by_rate.items()))
+    q = f["quota"]
+    lines.append(
+        f"  quota p99 at {q['rate']} req/s by claims: "
+        + ", ".join(f"{int(k):,}: {fmt(v)} ms" for k, v in q["p99_ms_by_claims"].items())
+        + f"  (ratio {fmt(q['p99_ratio_most_vs_fewest'])})"
+    )
+    r = f["rules"]
+    lines.append(
+        f"  rules p99 at {r['rate']} req/s by CEL rules: "
+        + ", ".join(f"{k}: {fmt(v)} ms" for k, v in r["p99_ms_by_rules"].items())
+    )
+    lines.append(
+        f"  RSS idle {fmt(f['rss_mib']['idle'], 1)} MiB, with {f['rss_mib']['claims']:,} claims {fmt(f['rss_mib']['with_claims'], 1)} MiB "
+        f"(after load {fmt(f['rss_mib']['with_claims_after_load'], 1)} MiB)"
+    )
+    lines.append(
+        f"  Ready: idle {fmt(f['ready_seconds']['idle'])} s, with {f['ready_seconds']['claims']:,} claims {fmt(f['ready_seconds']['with_claims'])} s"
+    )
+    lines.append("")
+    lines.append("targets")
+    for t in results["targets"]:
+        lines.append(f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']}: {t['detail']}")
+    return "\n".join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    taskset = shutil.which("taskset")
+    pinned = bool(taskset) and len(os.sched_getaffinity(0)) >= 2 and {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
+    server_prefix = [taskset, "-c", str(SERVER_CPU)] if pinned and taskset else []
+    load_prefix = [taskset, "-c", str(LOAD_CPU)] if pinned and taskset else []
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})  # this harness stays off the servers' CPU too
+
+    def progress(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    vegeta, vegeta_version = ensure_vegeta()
+    results: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "mode": "quick" if config.quick else "full",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "machine": machine(config, vegeta_version, pinned),
+        "servers": {},
+        "workloads": {},
+    }
+    progress(f"{results['machine']['pinning']}\n")
+    work = Path(tempfile.mkdtemp(prefix="dra-bridge-bench-"))
+    from webhook.certs import ensure_dev_certs
+
+    certs = ensure_dev_certs(work / "certs")
+    ca = certs / "ca.crt"
+    servers_plan, workloads = plan(config)
+    if config.only:
+        unknown = sorted(set(config.only) - {w.name for w in workloads})
+        if unknown:
+            raise SystemExit(f"unknown workloads {unknown}; known: {[w.name for w in workloads]}")
+        workloads = [w for w in workloads if w.name in config.only]
+        needed = {w.server for w in workloads} | {"ceiling"}
+        servers_plan = {name: spec for name, spec in servers_plan.items() if name in needed}
+    runner = Runner(config, vegeta, ca, work, load_prefix, Targets(work, config), progress)
+    ceiling: Server | None = None
+    try:
+        ceiling = start_server(
+            "ceiling", servers_plan["ceiling"], python=config.python, certs=certs, work=work, cpu_prefix=server_prefix
+        )
+        if not wait_ready(ceiling, ca=ca, timeout=60):
+            raise RuntimeError(f"the ceiling did not get ready:\n{ceiling.log_tail()}")
+        record_server(results, ceiling, ready=True)
+        for name in servers_plan:
+            if name == "ceiling":
+                server = ceiling
+            else:
+                progress(f"starting {name} {json.dumps(servers_plan[name])} ...\n")
+                server = start_server(
+                    name, servers_plan[name], python=config.python, certs=certs, work=work, cpu_prefix=server_prefix
+                )
+            try:
+                ready = server is ceiling or wait_ready(server, ca=ca, timeout=config.ready_timeout)
+                if server is not ceiling:
+                    record_server(results, server, ready=ready)
+                    progress(
+                        f"  {name}: ready={ready} in {server.ready_seconds} s, RSS {results['servers'][name].get('rss_ready_mib')} MiB\n"
+                    )
+                for w in (w for w in workloads if w.server == name):
+                    if not ready:
+                        results["workloads"][w.name] = {
+                            "server": name,
+                            "skipped": f"{name} not Ready within {config.ready_timeout:g} s",
+                            "attacks": {},
+                        }
+                        continue
+                    results["workloads"][w.name] = runner.run_workload(w, server)
+                if ready and server is not ceiling:
+                    results["servers"][name]["rss_after_load_mib"] = memory(server.process.pid).get("VmRSS")
+                    results["servers"][name]["hwm_mib"] = memory(server.process.pid).get("VmHWM")
+            finally:
+                if server is not ceiling:
+                    server.stop()
+                    results["servers"][name]["exit_code"] = server.process.returncode
+    finally:
+        if ceiling is not None:
+            ceiling.stop()
+        if config.keep_work:
+            progress(f"work directory kept: {work}\n")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["loadavg_end"] = loadavg()
+    results["figures"] = figures_of(config, results)
+    results["targets"] = targets_of(config, results["figures"])
+    results["required_figures"] = required_figures(config)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(config, results))
+    print(f"\nwritten to {config.out}")
+    return 0
+
+
+def record_server(results: dict[str, Any], server: Server, *, ready: bool) -> None:
+    entry: dict[str, Any] = {"spec": server.spec, "ready": ready, "ready_seconds": server.ready_seconds}
+    if ready:
+        mem = memory(server.process.pid)
+        entry["rss_ready_mib"], entry["hwm_ready_mib"] = mem.get("VmRSS"), mem.get("VmHWM")
+    events = server.events()
+    entry["startup"] = {e["event"]: e["t"] for e in events if e["event"] != "seeding"}
+    seeding = [e for e in events if e["event"] == "seeding"]
+    if seeding:
+        entry["seeding_progress"] = [(e["claims"], e["t"]) for e in seeding]
+    if not ready:
+        entry["log_tail"] = server.log_tail()
+    results["servers"][server.name] = entry
+
+
+if __name__ == "__main__":
+    sys.exit(main())
