@@ -41,11 +41,11 @@ class Program:
     _runner: Any
     uses: frozenset[str] = frozenset()  # the variables the expression reads
 
-    def evaluate(self, activation: Mapping[str, Any]) -> Any:
-        """Evaluate with plain-Python data (dicts, lists, str, int, bool, None). Only the variables
-        the expression reads are converted to CEL values: converting a whole Pod costs more than
-        most rules do."""
-        cel_activation = {name: json_to_cel(value) for name, value in activation.items() if name in self.uses}
+    def evaluate(self, activation: Mapping[str, Any] | Activation) -> Any:
+        """Evaluate with plain-Python data (dicts, lists, str, int, bool, None), or with an
+        ``Activation`` shared by several rules so each variable is converted once per decision."""
+        shared = activation if isinstance(activation, Activation) else Activation(activation)
+        cel_activation = shared.for_names(self.uses)
         try:
             result = self._runner.evaluate(cel_activation)
         except CELEvalError as err:
@@ -53,6 +53,24 @@ class Program:
         if isinstance(result, CELEvalError):
             raise CelEvaluationError(_describe_eval_error(result))
         return result
+
+
+class Activation:
+    """Rule variables, converted to CEL values on first use and kept: converting a whole Pod
+    costs more than most rules do, so a decision converts each variable at most once."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+        self._converted: dict[str, Any] = {}
+
+    def for_names(self, names: frozenset[str]) -> dict[str, Any]:
+        out = {}
+        for name in names:
+            if name not in self._converted and name in self._values:
+                self._converted[name] = json_to_cel(self._values[name])
+            if name in self._converted:
+                out[name] = self._converted[name]
+        return out
 
 
 _environment_lock = threading.Lock()

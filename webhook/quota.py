@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
-from webhook.cel import CelEvaluationError
+from webhook.cel import Activation, CelEvaluationError
 from webhook.charge import Charge
 from webhook.policy import Maxima, Tenant
 from webhook.quantity import format_quantity, round_up
@@ -160,9 +160,10 @@ def _compare(
 
 def _rules(tenant: Tenant, rule_input: Mapping[str, Any], *, who: str, policy: str) -> list[Figure]:
     out = []
+    variables = Activation(rule_input)  # each variable converted once for all the tenant's rules
     for rule in tenant.rules:
         try:
-            result = rule.program.evaluate(rule_input)
+            result = rule.program.evaluate(variables)
             passed = result is True or (not isinstance(result, bool) and bool(result))
             message = "" if passed else f"{who}: rule {rule.name}: {rule.message} [policy {policy}]"
         except CelEvaluationError as err:
