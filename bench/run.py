@@ -297,6 +297,20 @@ def start_server(
     )
 
 
+def launch(name: str, spec: dict[str, Any], *, ca: Path, timeout: float, **options: Any) -> tuple[Server, bool]:
+    """``start_server`` then ``wait_ready``, again on a new port when the picked one was taken
+    meanwhile (a server binds only once seeded, so the window is wide on a busy machine)."""
+    for attempt in range(3):
+        server = start_server(name, spec, **options)
+        try:
+            return server, wait_ready(server, ca=ca, timeout=timeout)
+        except RuntimeError as err:
+            server.stop()
+            if "address already in use" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def wait_ready(server: Server, *, ca: Path, timeout: float) -> bool:
     """Poll /readyz until it answers 200; the time from process start is the server's time to Ready."""
     context = ssl.create_default_context(cafile=str(ca))
@@ -840,22 +854,35 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(config, vegeta, ca, work, load_prefix, Targets(work, config), progress)
     ceiling: Server | None = None
     try:
-        ceiling = start_server(
-            "ceiling", servers_plan["ceiling"], python=config.python, certs=certs, work=work, cpu_prefix=server_prefix
+        ceiling, ceiling_ready = launch(
+            "ceiling",
+            servers_plan["ceiling"],
+            ca=ca,
+            timeout=60,
+            python=config.python,
+            certs=certs,
+            work=work,
+            cpu_prefix=server_prefix,
         )
-        if not wait_ready(ceiling, ca=ca, timeout=60):
+        if not ceiling_ready:
             raise RuntimeError(f"the ceiling did not get ready:\n{ceiling.log_tail()}")
         record_server(results, ceiling, ready=True)
         for name in servers_plan:
             if name == "ceiling":
-                server = ceiling
+                server, ready = ceiling, True
             else:
                 progress(f"starting {name} {json.dumps(servers_plan[name])} ...\n")
-                server = start_server(
-                    name, servers_plan[name], python=config.python, certs=certs, work=work, cpu_prefix=server_prefix
+                server, ready = launch(
+                    name,
+                    servers_plan[name],
+                    ca=ca,
+                    timeout=config.ready_timeout,
+                    python=config.python,
+                    certs=certs,
+                    work=work,
+                    cpu_prefix=server_prefix,
                 )
             try:
-                ready = server is ceiling or wait_ready(server, ca=ca, timeout=config.ready_timeout)
                 if server is not ceiling:
                     record_server(results, server, ready=ready)
                     progress(
