@@ -178,7 +178,6 @@ class _Snapshot:
 
 def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
     from webhook import server as webhook_server
-    from webhook.tls import CertificateReloader, server_ssl_context
 
     emit("imported")
     settings = settings_for(spec, args)
@@ -191,15 +190,7 @@ def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
     emit("runtime-built", policy=runtime.quota.policies.current.version, errors=runtime.quota.policies.errors)
     seed_claims(cluster, spec)
     emit("claims-seeded", claims=runtime.quota.ledger.claim_count)
-    cert_file, key_file = settings.cert_dir / "tls.crt", settings.cert_dir / "tls.key"
-    context = server_ssl_context(cert_file=cert_file, key_file=key_file, client_ca_file=settings.client_ca_file)
-    reloader = CertificateReloader(
-        context,
-        cert_file=cert_file,
-        key_file=key_file,
-        client_ca_file=settings.client_ca_file,
-        interval=settings.cert_reload_interval_seconds,
-    )
+    context, reloader = webhook_server.serving_tls(settings)  # as `dra-bridge serve` builds them
     server = webhook_server.uvicorn_server(
         runtime.app, context, host=settings.host, port=settings.port, log_level=settings.log_level
     )

@@ -161,15 +161,7 @@ def serve(settings: Settings) -> None:
         ensure_dev_certs(DEV_CERT_DIR)
         settings = settings.model_copy(update={"cert_dir": DEV_CERT_DIR})
     runtime = build_runtime(settings)
-    cert_file, key_file = settings.cert_dir / "tls.crt", settings.cert_dir / "tls.key"
-    context = server_ssl_context(cert_file=cert_file, key_file=key_file, client_ca_file=settings.client_ca_file)
-    reloader = CertificateReloader(
-        context,
-        cert_file=cert_file,
-        key_file=key_file,
-        client_ca_file=settings.client_ca_file,
-        interval=settings.cert_reload_interval_seconds,
-    )
+    context, reloader = serving_tls(settings)
 
     server = uvicorn_server(runtime.app, context, host=settings.host, port=settings.port, log_level=settings.log_level)
     log.info(
@@ -190,6 +182,20 @@ def _use_uvloop() -> None:
     except ImportError:  # pragma: no cover - Windows
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serving_tls(settings: Settings) -> tuple[ssl.SSLContext, CertificateReloader]:
+    """The server's TLS context from ``cert_dir`` and the reloader that keeps it current."""
+    cert_file, key_file = settings.cert_dir / "tls.crt", settings.cert_dir / "tls.key"
+    context = server_ssl_context(cert_file=cert_file, key_file=key_file, client_ca_file=settings.client_ca_file)
+    reloader = CertificateReloader(
+        context,
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=settings.client_ca_file,
+        interval=settings.cert_reload_interval_seconds,
+    )
+    return context, reloader
 
 
 def uvicorn_server(
