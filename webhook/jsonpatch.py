@@ -18,7 +18,10 @@ def escape(token: str) -> str:
 
 def diff(old: Any, new: Any, path: str = "") -> Patch:
     """Operations that turn ``old`` into ``new``: dicts key by key, lists appended where the new
-    list extends the old one, replaced otherwise."""
+    list extends the old one, replaced otherwise. A subtree shared by both (the rewrite copies only
+    what it changes) is equal by identity and skipped without a walk."""
+    if old is new:
+        return []
     if isinstance(old, dict) and isinstance(new, dict):
         ops: Patch = []
         for key in old:
@@ -46,7 +49,7 @@ def diff(old: Any, new: Any, path: str = "") -> Patch:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
+    return a is b or (type(a) is type(b) and a == b)
 
 
 def apply(document: Any, patch: Patch) -> Any:

@@ -8,7 +8,6 @@ never modified. Running it on its own output changes nothing (a fixed point), wh
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from typing import Any
 from webhook.catalogue import CatalogueIndex
 from webhook.claims import describe, template_for
 from webhook.errors import TranslationError
-from webhook.legacy import read_pod
+from webhook.legacy import ContainerDemands, read_pod
 
 CONVERTED_ANNOTATION = "dra-bridge.io/converted"
 OPT_OUT_LABEL = "dra-bridge.io/ignore"
@@ -63,7 +62,7 @@ def rewrite_pod(
     if not found and not annotation_keys:
         return RewritePlan(pod=dict(pod), warnings=tuple(warnings))
 
-    new = copy.deepcopy(dict(pod))
+    new = _writable_copy(pod, found)
     spec = new.setdefault("spec", {})
     existing_claims = {c.get("name") for c in spec.get("resourceClaims") or []}
     conversions: list[Conversion] = []
@@ -110,6 +109,31 @@ def rewrite_pod(
         removed_annotations=tuple(removed),
         changed=True,
     )
+
+
+def _writable_copy(pod: Mapping[str, Any], found: list[ContainerDemands]) -> dict[str, Any]:
+    """A copy of ``pod`` in which exactly what the rewrite changes is copied: the metadata and its
+    annotations, the spec, its ``resourceClaims``, the container lists and the resources of the
+    converted containers. Everything else (env, volumes, other containers: most of a large Pod) is
+    shared with ``pod``, read-only; that also lets the patch skip it by identity."""
+    new = dict(pod)
+    metadata = new["metadata"] = dict(pod.get("metadata") or {})
+    if isinstance(metadata.get("annotations"), dict):
+        metadata["annotations"] = dict(metadata["annotations"])
+    spec = new["spec"] = dict(pod.get("spec") or {})
+    if isinstance(spec.get("resourceClaims"), list):
+        spec["resourceClaims"] = list(spec["resourceClaims"])
+    for field_name in {item.field for item in found}:
+        spec[field_name] = list(spec[field_name])
+    for item in found:
+        container = spec[item.field][item.index] = dict(spec[item.field][item.index])
+        resources = container.get("resources")
+        if isinstance(resources, dict):
+            container["resources"] = {
+                key: dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
+                for key, value in resources.items()
+            }
+    return new
 
 
 def claim_name(container: str) -> str:

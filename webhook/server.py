@@ -132,6 +132,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         metrics=metrics,
         readiness=readiness,
         max_body_bytes=settings.max_body_bytes,
+        threads=settings.workers_threads,
     )
     return Runtime(
         settings=settings,

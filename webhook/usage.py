@@ -38,7 +38,7 @@ class _Claim:
     charge: Charge
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """A claim the cache saw appear, kept for one reservation TTL so that reservations made by
     other replicas can be matched to it (by namespace and charge) and not counted twice."""
