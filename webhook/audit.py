@@ -48,6 +48,7 @@ from typing import Any, Literal, Protocol, TextIO
 
 from webhook.admission import Decision, QuotaFigure
 from webhook.errors import AuditWriteError, BridgeError
+from webhook.inline import WouldBlock
 from webhook.review import AdmissionRequest
 from webhook.rewrite import Conversion
 
@@ -220,8 +221,9 @@ class AuditLog:
     def audited(self, webhook: Webhook, handler: Handler, *, annotate: bool = True) -> Handler:
         """``handler`` with every decision recorded before it is returned, and every failure recorded.
 
-        It runs where the handler runs (the HTTP layer's thread pool), so writing never blocks the
-        event loop. If the record cannot be written, ``AuditWriteError`` leaves the handler and the
+        It runs where the handler runs: on the event loop for most decisions, on the HTTP layer's
+        executor for those that call the cluster (webhook/inline.py); a decision moved from one to
+        the other (``WouldBlock``) is recorded once, where it finishes. If the record cannot be written, ``AuditWriteError`` leaves the handler and the
         HTTP layer answers 500: the decision is not returned. The handler's own errors are recorded
         (decision ``error``) and re-raised. ``annotate`` merges ``audit_annotations`` into the response.
         """
@@ -230,6 +232,8 @@ class AuditLog:
             started = time.perf_counter()
             try:
                 decision = handler(request)
+            except WouldBlock:
+                raise  # not a decision: it is made again where it may block, and recorded there
             except Exception as err:
                 self.record_error(webhook, request, time.perf_counter() - started, err)
                 raise

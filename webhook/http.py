@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from webhook.admission import Decision
 from webhook.errors import AuditWriteError, MalformedReview, NotReady
+from webhook.inline import WouldBlock, deciding_inline
 from webhook.metrics import Metrics
 from webhook.review import AdmissionRequest, AdmissionReview, review_response
 
@@ -49,10 +50,12 @@ def create_app(
     readiness: Readiness,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     threads: int = 16,
+    inline: bool = True,
 ) -> FastAPI:
-    # Decisions may call the cluster (template creation, the quota Lease), so they run off the event
-    # loop, on a plain executor: starlette's run_in_threadpool (anyio's capacity limiter, cancel
-    # scopes, up to 40 threads) cost about a fifth of a small Pod's mutate CPU under load (bench/).
+    # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
+    # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
+    # needs the cluster (a template to create, the quota Lease) stops at its first API call and runs
+    # again on a plain executor (starlette's run_in_threadpool cost a fifth more again: bench/).
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decide")
 
     @contextlib.asynccontextmanager
@@ -62,7 +65,13 @@ def create_app(
 
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
-    async def decide(handler: Handler, admission_request: AdmissionRequest) -> Decision:
+    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest) -> Decision:
+        if inline:
+            try:
+                with deciding_inline():
+                    return handler(admission_request)
+            except WouldBlock:
+                metrics.moved_to_thread.inc(webhook)
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, handler, admission_request)
 
@@ -74,7 +83,7 @@ def create_app(
             metrics.rejected_requests.inc(bad.reason)
             return JSONResponse({"message": bad.message}, status_code=bad.status)
         try:
-            decision = await decide(handler, admission_request)
+            decision = await decide(webhook, handler, admission_request)
         except MalformedReview as err:
             metrics.rejected_requests.inc("malformed-review")
             return JSONResponse({"message": str(err)}, status_code=400)

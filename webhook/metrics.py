@@ -116,6 +116,11 @@ class Metrics:
             "Decisions answered 500 because their audit record could not be written.",
             ("webhook",),
         )
+        self.moved_to_thread = Counter(
+            "dra_bridge_decisions_moved_to_thread_total",
+            "Decisions started on the event loop that needed the cluster and were made again on a thread.",
+            ("webhook",),
+        )
         self.cert_reloads = Counter("dra_bridge_certificate_reloads_total", "Serving certificate reloads.")
         self.policy_errors = Gauge(
             "dra_bridge_policy_errors", "Policy ConfigMaps rejected at load (the last good version stays active)."
@@ -123,6 +128,12 @@ class Metrics:
 
         self.policy_reloads = Gauge(
             "dra_bridge_policy_reloads_total", "Policy document loads since start, by result (ok, failed).", ("result",)
+        )
+        self.gc_frozen = Gauge(
+            "dra_bridge_gc_frozen_objects", "Objects the cyclic garbage collector no longer walks (frozen)."
+        )
+        self.gc_settle_seconds = Gauge(
+            "dra_bridge_gc_settle_seconds", "Pause of the latest collect-and-freeze (webhook/collector.py)."
         )
         self.claims_cached = Gauge("dra_bridge_claims_cached", "ResourceClaims in the usage cache.")
         self.collectors: list[Callable[[], None]] = []  # refresh gauges from their sources at scrape time

@@ -125,6 +125,7 @@ def test_unmanaged_template_of_the_same_name_is_never_used(admission: Admission,
 
 def test_managed_template_with_a_different_spec_is_never_used(admission: Admission, cluster: InMemoryCluster) -> None:
     admission.mutate(request(gpu_pod()))
+    assert admission.mutate(request(gpu_pod(), uid="uid-1b")).outcome == "patched"  # found and checked once
     (stored,) = cluster.managed_templates()
     name = stored["metadata"]["name"]
     cluster.delete_template("team-a", name, uid=stored["metadata"]["uid"])

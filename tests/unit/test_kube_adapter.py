@@ -517,13 +517,28 @@ def test_get_template_reads_the_cache_then_the_apiserver() -> None:
         cluster.get_template("team-a", "fresh")
 
 
-def test_cached_templates_are_private_copies() -> None:
+def test_managed_templates_are_private_copies() -> None:
     transport = FakeTransport()
     transport.collections[TEMPLATES] = [template("t")]
     cluster = synced(transport)
-    cluster.get_template("team-a", "t")["metadata"]["labels"].clear()  # type: ignore[index]
     cluster.managed_templates()[0]["metadata"]["labels"].clear()
     assert cluster.managed_templates()[0]["metadata"]["labels"] == MANAGED
+
+
+def test_get_template_hands_out_the_cached_object_and_an_update_replaces_it() -> None:
+    """The request path reads a template per Pod: no copy (the port says read-only), and a change in
+    the cluster gives a new object, which is what the provisioner's check-once memo relies on."""
+    transport = FakeTransport()
+    transport.collections[TEMPLATES] = [template("t")]
+    cluster = synced(transport)
+    first = cluster.get_template("team-a", "t")
+    assert first is not None and cluster.get_template("team-a", "t") is first
+    changed = template("t")
+    changed["metadata"]["labels"] = {**MANAGED, "edited": "yes"}
+    cluster.templates.apply({"type": "MODIFIED", "object": changed})
+    second = cluster.get_template("team-a", "t")
+    assert second is not first and second["metadata"]["labels"]["edited"] == "yes"  # type: ignore[index]
+    assert "edited" not in first["metadata"]["labels"]
 
 
 def test_create_template_posts_and_maps_conflicts() -> None:

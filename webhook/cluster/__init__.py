@@ -56,7 +56,8 @@ class ClusterPort(Protocol):
         """Extended resource name -> DeviceClass that serves it natively (``extendedResourceName``)."""
 
     def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A ResourceClaimTemplate, from cache where there is one."""
+        """A ResourceClaimTemplate, from cache where there is one. The object may be the cache's own:
+        read it, never modify it; a change to the template in the cluster replaces the object."""
 
     def create_template(self, template: dict[str, Any]) -> dict[str, Any]:
         """Create a ResourceClaimTemplate; raises ``AlreadyExists``."""

@@ -307,6 +307,12 @@ class Informer:
             found = self.store.get(key)
             return self.store.export(found) if found is not None else None
 
+    def peek(self, key: Key) -> dict[str, Any] | None:
+        """The cached object itself, for readers on the request path that must not copy it: never
+        change it. An update replaces the object, so holding on to it sees the version read."""
+        with self._lock:
+            return self.store.get(key)
+
     def read(self, reader: Callable[[Mapping[Key, dict[str, Any]]], T]) -> T:
         """Run ``reader`` over the cached objects under the lock; it must not keep or change them."""
         with self._lock:

@@ -62,6 +62,7 @@ from webhook.cluster.informer import (
     without_managed_fields,
 )
 from webhook.errors import ClusterError
+from webhook.inline import may_block
 
 log = logging.getLogger("dra_bridge.cluster")
 
@@ -127,6 +128,7 @@ class RestTransport:
         timeout: tuple[float, float],
         accept: str = "application/json",
     ) -> Any:
+        may_block(f"{method} {path}")  # a decision running on the event loop moves to a thread first
         headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -333,7 +335,7 @@ class KubeCluster:
 
     # -- templates -----------------------------------------------------------------------------
     def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
-        cached = self.templates.get((namespace, name))
+        cached = self.templates.peek((namespace, name))  # read-only (the port's contract): no copy per Pod
         if cached is not None:
             return cached
         # Not (yet) in the cache: another replica may have created it moments ago, or it is not ours.

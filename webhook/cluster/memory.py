@@ -139,8 +139,7 @@ class InMemoryCluster:
 
     def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            found = self._templates.get((namespace, name))
-            return copy.deepcopy(found) if found is not None else None
+            return self._templates.get((namespace, name))  # read-only, like an informer's cache
 
     def create_template(self, template: dict[str, Any]) -> dict[str, Any]:
         meta = template["metadata"]
