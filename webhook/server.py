@@ -25,6 +25,7 @@ from webhook.catalogue_store import CatalogueStore
 from webhook.certs import ensure_dev_certs
 from webhook.cluster import ClusterPort
 from webhook.cluster.memory import InMemoryCluster
+from webhook.collector import settle
 from webhook.enforcement import QuotaEnforcer
 from webhook.http import create_app
 from webhook.metrics import Metrics
@@ -229,6 +230,8 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
         asyncio.create_task(_reload_certs(reloader, runtime.metrics, stop)),
         asyncio.create_task(_collect_templates(runtime, stop)),
     ]
+    if runtime.settings.gc_settle_interval_seconds > 0:
+        tasks.append(asyncio.create_task(_settle_collector(runtime, stop)))
     try:
         await server.serve()
     finally:
@@ -248,6 +251,20 @@ async def _reload_certs(reloader: CertificateReloader, metrics: Metrics, stop: a
         if reloader.check():
             metrics.cert_reloads.inc()
             log.info("serving certificate reloaded; valid until %s", reloader.not_after)
+
+
+async def _settle_collector(runtime: Runtime, stop: asyncio.Event, poll: float = 0.5) -> None:
+    """Once the caches have synced, collect and freeze what is alive; again every interval."""
+    while not stop.is_set() and not runtime.cluster.ready()[0]:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=poll)
+    while not stop.is_set():
+        paused, frozen = settle()
+        runtime.metrics.gc_settle_seconds.set(value=paused)
+        runtime.metrics.gc_frozen.set(value=float(frozen))
+        log.info("garbage collector: collected and froze %d long-lived objects in %.1f ms", frozen, paused * 1000)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=runtime.settings.gc_settle_interval_seconds)
 
 
 async def _collect_templates(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     audit_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     audit_max_files: int = Field(default=10, ge=0)  # rotated files kept beside the current one
     audit_fsync: bool = False
+    # Collect and freeze long-lived objects once synced, then again at this interval (webhook/collector.py);
+    # 0 leaves the interpreter's collector as it is.
+    gc_settle_interval_seconds: float = Field(default=600.0, ge=0)
     dev: bool = False
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
