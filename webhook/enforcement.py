@@ -136,7 +136,11 @@ class QuotaEnforcer:
         self._cluster = cluster
         self._catalogue = catalogue
         self.policies = PolicyStore(on_change=self._policy_changed)
-        self.ledger = UsageLedger(classes=self._resolver(PolicySet()), reservation_ttl=reservation_ttl)
+        self.ledger = UsageLedger(
+            classes=self._resolver(PolicySet()),
+            reservation_ttl=reservation_ttl,
+            track_observations=coordination == "lease",  # only the Lease coordinator matches them
+        )
         self._index_lock = threading.Lock()
         self._index_key: tuple[str, int] | None = None
         self._tenant_namespaces: dict[str, tuple[str, ...]] = {}

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 
 from webhook.charge import ZERO, Basis, Charge, ClassResolver, basis, charge
 
-ClaimKey = tuple[str, str]  # (namespace, name)
-
 
 @dataclass
 class _Reservation:
@@ -31,11 +29,7 @@ class _Reservation:
     expires: float
 
 
-@dataclass(slots=True)
-class _Claim:
-    namespace: str
-    basis: Basis
-    charge: Charge
+Shape = tuple[Basis, Charge]  # one per distinct claim spec, shared by the claims that have it
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +48,13 @@ class UsageLedger:
     reservation_ttl: float = 30.0
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
-    _claims: dict[ClaimKey, _Claim] = field(default_factory=dict)
-    # One basis and one charge per distinct claim shape: the claims of one template share them, so
-    # 100,000 claims cost a dict entry each, not 100,000 copies of the same numbers.
-    _shapes: dict[Basis, tuple[Basis, Charge]] = field(default_factory=dict)
+    # Whether claims seen appearing are kept for a TTL: only Lease coordination reads them.
+    track_observations: bool = True
+    # name -> shape, per namespace: one dict entry per claim (no key tuple, no object). The claims of
+    # one template share one shape, so 100,000 claims are not 100,000 copies of the same numbers.
+    _claims: dict[str, dict[str, Shape]] = field(default_factory=dict)
+    _count: int = 0
+    _shapes: dict[Basis, Shape] = field(default_factory=dict)
     _by_namespace: dict[str, Charge] = field(default_factory=dict)
     # Live reservations per namespace (insertion order = expiry order, the TTL being constant), their
     # per-namespace sum, and one FIFO of expiry times: a decision costs O(its namespaces), whatever
@@ -67,8 +64,10 @@ class UsageLedger:
     _expiry: deque[tuple[float, str, int]] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_token: int = 0
-    # Claims seen appearing within the last TTL, per namespace, oldest first (for LeaseCoordinator).
+    # Claims seen appearing within the last TTL, per namespace, oldest first (for LeaseCoordinator),
+    # and one FIFO of (time, namespace) over all of them, so that every namespace is trimmed in time.
     _observations: dict[str, deque[Observation]] = field(default_factory=dict)
+    _observed: deque[tuple[float, str]] = field(default_factory=deque)
 
     # -- the cache side ------------------------------------------------------------------------
     def observe(self, namespace: str, name: str, claim_spec: dict[str, object]) -> None:
@@ -78,24 +77,35 @@ class UsageLedger:
             shape = self._shapes.get(claim_basis)
             if shape is None:
                 shape = self._shapes[claim_basis] = (claim_basis, charge(claim_basis, classes=self.classes))
-            claim_basis, new = shape
-            old = self._claims.get((namespace, name))
+            new = shape[1]
+            claims = self._claims.get(namespace)
+            if claims is None:
+                claims = self._claims[namespace] = {}
+            old = claims.get(name)
             if old is not None:
-                self._add(namespace, ZERO - old.charge)
-            self._claims[(namespace, name)] = _Claim(namespace, claim_basis, new)
+                self._add(namespace, ZERO - old[1])
+            else:
+                self._count += 1
+            claims[name] = shape
             self._add(namespace, new)
             if old is None:
                 self._confirm(namespace, new)
-                seen = self._observations.setdefault(namespace, deque())
-                seen.append(Observation(namespace, new, self.wall_clock()))
-                self._trim(seen)
+                if self.track_observations:
+                    at = self.wall_clock()
+                    self._observations.setdefault(namespace, deque()).append(Observation(namespace, new, at))
+                    self._observed.append((at, namespace))
+                    self._trim()
 
     def forget(self, namespace: str, name: str) -> None:
         """A claim was deleted: its usage is released."""
         with self._lock:
-            old = self._claims.pop((namespace, name), None)
+            claims = self._claims.get(namespace)
+            old = claims.pop(name, None) if claims is not None else None
             if old is not None:
-                self._add(namespace, ZERO - old.charge)
+                self._count -= 1
+                self._add(namespace, ZERO - old[1])
+                if not claims:
+                    del self._claims[namespace]
 
     def reprice(self, classes: ClassResolver) -> None:
         """The policy's class facts changed: recompute every claim's charge (O(claims), on reload only)."""
@@ -103,9 +113,10 @@ class UsageLedger:
             self.classes = classes
             self._by_namespace.clear()
             self._shapes = {b: (b, charge(b, classes=classes)) for b in self._shapes}
-            for (namespace, _), claim in self._claims.items():
-                claim.charge = self._shapes[claim.basis][1]
-                self._add(namespace, claim.charge)
+            for namespace, claims in self._claims.items():
+                for name, (claim_basis, _) in claims.items():
+                    shape = claims[name] = self._shapes[claim_basis]
+                    self._add(namespace, shape[1])
 
     # -- the admission side --------------------------------------------------------------------
     def usage(self, namespaces: Iterable[str]) -> Charge:
@@ -146,18 +157,21 @@ class UsageLedger:
             total = ZERO
             for ns in wanted:
                 total = total + self._by_namespace.get(ns, ZERO)
+            self._trim()
             recent: list[Observation] = []
             for ns in wanted:
-                seen = self._observations.get(ns)
-                if seen:
-                    self._trim(seen)
-                    recent.extend(seen)
+                recent.extend(self._observations.get(ns) or ())
         return total, recent
 
     @property
     def claim_count(self) -> int:
         with self._lock:
-            return len(self._claims)
+            return self._count
+
+    @property
+    def observation_count(self) -> int:
+        with self._lock:
+            return len(self._observed)
 
     @property
     def reservation_count(self) -> int:
@@ -180,10 +194,16 @@ class UsageLedger:
         else:
             self._by_namespace[namespace] = updated
 
-    def _trim(self, seen: deque[Observation]) -> None:
+    def _trim(self) -> None:
+        """Drop observations older than the TTL, in every namespace: O(what expired)."""
         horizon = self.wall_clock() - self.reservation_ttl
-        while seen and seen[0].at <= horizon:
-            seen.popleft()
+        observed = self._observed
+        while observed and observed[0][0] <= horizon:
+            _, namespace = observed.popleft()
+            seen = self._observations[namespace]
+            seen.popleft()  # the same observation: both are in arrival order
+            if not seen:
+                del self._observations[namespace]
 
     def _confirm(self, namespace: str, observed: Charge) -> None:
         """The claim a reservation was for has appeared: it is counted as usage now."""

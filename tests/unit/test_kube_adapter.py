@@ -179,7 +179,7 @@ def test_relist_event_reports_new_and_changed_objects_only() -> None:
 def test_slim_claim_keeps_identity_and_spec_only() -> None:
     slim = slim_claim(claim("c1", "7"))
     assert slim == {
-        "metadata": {"namespace": "ns", "name": "c1", "uid": "uid-c1", "resourceVersion": "7"},
+        "metadata": {"namespace": "ns", "name": "c1", "resourceVersion": "7"},
         "spec": claim("c1")["spec"],
     }
 
@@ -239,6 +239,15 @@ def test_claim_store_interns_specs_and_exports_private_copies() -> None:
     exported = store.export(store.get(("ns", "c1")))  # type: ignore[arg-type]
     exported["spec"]["devices"]["requests"][0]["exactly"]["count"] = 99
     assert store.get(("ns", "c2"))["spec"]["devices"]["requests"][0]["exactly"]["count"] == 1  # type: ignore[index]
+    assert store.get(("ns", "c1"))["metadata"] == {"namespace": "ns", "name": "c1", "resourceVersion": "1"}  # type: ignore[index]
+    for name in ("d1", "d2"):
+        namespace = "".join(["team", "-b"])  # a new string each time, as a decoded watch event has
+        store.put((namespace, name), slim_claim(claim(name, namespace=namespace)))
+    assert len({id(key[0]) for key in store.cached_keys() if key[0] == "team-b"}) == 1  # one string per namespace
+    store.pop(("team-b", "d1"))
+    store.pop(("team-b", "d2"))
+    with pytest.raises(TypeError):
+        store.view()
     store.pop(("ns", "big"))
     store.put(("ns", "c1"), slim_claim(claim("c1", "2", count=2)))  # replaced: its old spec is released
     assert len(store.specs) == 2

@@ -22,7 +22,7 @@ def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
     for i in range(200):
         ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
     assert len(ledger._shapes) == 1
-    charges = {id(claim.charge) for claim in ledger._claims.values()}
+    charges = {id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}
     assert len(charges) == 1  # one object, shared
     assert ledger.usage(["ns-0"]).devices == {"whole.nvidia.dra-bridge.io": 40}
 
@@ -37,7 +37,20 @@ def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueI
     assert committed.claims == 10
     now[0] += 31
     assert ledger.committed(["ns-7"])[1] == []
-    assert sum(len(d) for d in ledger._observations.values()) <= 1000 - 10  # trimmed as they are read
+    # Every namespace is trimmed, not only the one read: nothing is left behind in quiet namespaces.
+    assert ledger.observation_count == 0 and ledger._observations == {}
+    ledger.observe("ns-1", "late", SPEC)
+    assert ledger.observation_count == 1 and ledger.claim_count == 1001
+
+
+def test_observations_are_not_kept_without_lease_coordination(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), track_observations=False)
+    for i in range(100):
+        ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
+    assert ledger.observation_count == 0 and ledger.committed(["ns-1"]) == (ledger.usage(["ns-1"]), [])
+    assert ledger.claim_count == 100
+    ledger.forget("ns-1", "c1")
+    assert ledger.claim_count == 99 and ledger.usage(["ns-1"]).claims == 9
 
 
 def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
@@ -46,7 +59,7 @@ def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
         ledger.observe("ns", f"c{i}", SPEC)
     ledger.reprice(ClassResolver(index.catalogue, device_patterns=["whole.*"]))
     assert ledger.usage(["ns"]).matched == {"whole.*": 100}
-    assert len({id(c.charge) for c in ledger._claims.values()}) == 1
+    assert len({id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}) == 1
 
 
 def test_a_decision_does_not_walk_other_namespaces_reservations(index: CatalogueIndex, monkeypatch: Any) -> None:

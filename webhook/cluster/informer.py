@@ -75,10 +75,11 @@ def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What subscribers need of a ResourceClaim: its identity and spec (no status, no managedFields)."""
+    """What subscribers need of a ResourceClaim: its key, version and spec (no uid, status or
+    managedFields: the usage ledger counts claims by namespace and name)."""
     meta = obj.get("metadata") or {}
     return {
-        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion") if k in meta},
+        "metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion") if k in meta},
         "spec": obj.get("spec") or {},
     }
 
@@ -167,11 +168,15 @@ class Store:
     def __contains__(self, key: object) -> bool:
         return key in self._objects
 
+    def cached_keys(self) -> list[Key]:
+        return list(self._objects)
+
     def view(self) -> Mapping[Key, dict[str, Any]]:
         """The cached objects themselves: read-only, under the informer's lock."""
         return self._objects
 
     def get(self, key: Key) -> dict[str, Any] | None:
+        """The cached object (read-only), or None."""
         return self._objects.get(key)
 
     def put(self, key: Key, obj: dict[str, Any]) -> None:
@@ -232,23 +237,57 @@ class SpecPool:
 
 
 class ClaimStore(Store):
-    """Slim claims (identity + spec) with interned specs; see ``SpecPool``."""
+    """Slim claims with interned specs (see ``SpecPool``), kept compact: a claim is a dict entry
+    holding its resourceVersion and its pooled spec; namespace and name are the key. ``get`` and
+    ``export`` give the usual ``{"metadata": ..., "spec": ...}`` shape. At 100,000 claims the two
+    dicts per claim that this replaces were a fifth of the process (bench/)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self._claims: dict[Key, tuple[str, Any]] = {}  # key -> (resourceVersion, pooled spec)
         self.specs = SpecPool()
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._claims
+
+    def cached_keys(self) -> list[Key]:
+        return list(self._claims)
+
+    def view(self) -> Mapping[Key, dict[str, Any]]:
+        raise TypeError("claims are kept compact; read them with cached_keys() and get()")
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        found = self._claims.get(key)
+        if found is None:
+            return None
+        return {"metadata": _claim_metadata(key, found[0]), "spec": found[1]}  # the spec is the pool's
+
+    def put(self, key: Key, obj: dict[str, Any]) -> None:
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        old = self._claims.get(key)
+        if old is None:
+            key = (sys.intern(key[0]), key[1])  # one string per namespace, not one per claim
+        self._claims[key] = (version, self.specs.intern(obj.get("spec") or {}))
+        if old is not None:
+            self.specs.release(old[1])
+
+    def pop(self, key: Key) -> None:
+        old = self._claims.pop(key, None)
+        if old is not None:
+            self.specs.release(old[1])
 
     def export(self, stored: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": dict(stored["metadata"]), "spec": copy.deepcopy(stored["spec"])}
 
-    def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
-        meta = dict(obj.get("metadata") or {})
-        if "namespace" in meta:
-            meta["namespace"] = sys.intern(str(meta["namespace"]))
-        return {"metadata": meta, "spec": self.specs.intern(obj.get("spec") or {})}
 
-    def _release(self, stored: dict[str, Any]) -> None:
-        self.specs.release(stored["spec"])
+def _claim_metadata(key: Key, version: str) -> dict[str, str]:
+    meta = {"namespace": key[0], "name": key[1]}
+    if version:
+        meta["resourceVersion"] = version
+    return meta
 
 
 # -- transport ---------------------------------------------------------------------------------
@@ -322,8 +361,10 @@ class Informer:
         """Add a handler; what is cached already reaches it first, as ADDED events."""
         with self._lock:
             self._handlers.append(handler)
-            for stored in list(self.store.view().values()):
-                self._call(handler, "ADDED", self.store.export(stored))
+            for key in self.store.cached_keys():
+                stored = self.store.get(key)
+                if stored is not None:
+                    self._call(handler, "ADDED", self.store.export(stored))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -389,7 +430,7 @@ class Informer:
                         changes += 1
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         with self._lock:
-            for key in vanished(list(self.store.view()), listed):
+            for key in vanished(self.store.cached_keys(), listed):
                 gone = self.store.get(key)
                 self.store.pop(key)
                 if gone is not None:
