@@ -21,7 +21,7 @@ Three tables:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -369,6 +369,9 @@ class CatalogueIndex:
         self._resources: dict[str, tuple[Source, LegacyName]] = {}
         self._annotations: dict[str, tuple[Source, LegacyName]] = {}
         self._patterns: list[tuple[str, re.Pattern[str], Source, LegacyName]] = []
+        # Values derived from this catalogue by the layers above (templates per demand), kept as
+        # long as the catalogue is: a reload builds a new index and starts empty.
+        self.derived: dict[Hashable, Any] = {}
         for source in catalogue.sources:
             if not source.enabled:
                 continue

@@ -100,6 +100,7 @@ def _convert(
             continue
         seen.add(key)
         if effective_ns is None:
+            template = {**template, "metadata": dict(template["metadata"])}  # the plan's is shared
             del template["metadata"]["namespace"]  # lands wherever the workload is applied
         result.templates.append(template)
     for conversion in plan.conversions:

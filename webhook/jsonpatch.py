@@ -13,6 +13,8 @@ Patch = list[dict[str, Any]]
 
 def escape(token: str) -> str:
     """RFC 6901: ``~`` becomes ``~0`` and ``/`` becomes ``~1`` (``nvidia.com~1gpu``)."""
+    if "~" not in token and "/" not in token:
+        return token
     return token.replace("~", "~0").replace("/", "~1")
 
 
@@ -28,11 +30,12 @@ def diff(old: Any, new: Any, path: str = "") -> Patch:
             if key not in new:
                 ops.append({"op": "remove", "path": f"{path}/{escape(str(key))}"})
         for key, value in new.items():
-            child = f"{path}/{escape(str(key))}"
             if key not in old:
-                ops.append({"op": "add", "path": child, "value": value})
-            else:
-                ops.extend(diff(old[key], value, child))
+                ops.append({"op": "add", "path": f"{path}/{escape(str(key))}", "value": value})
+                continue
+            before = old[key]
+            if before is not value:  # most of a copied dict is shared: no call, no path for those
+                ops.extend(diff(before, value, f"{path}/{escape(str(key))}"))
         return ops
     if isinstance(old, list) and isinstance(new, list):
         if len(new) >= len(old) and all(_same(a, b) for a, b in zip(old, new, strict=False)):

@@ -22,6 +22,7 @@ from webhook.legacy import ContainerDemands, read_pod
 CONVERTED_ANNOTATION = "dra-bridge.io/converted"
 OPT_OUT_LABEL = "dra-bridge.io/ignore"
 CLAIM_PREFIX = "gpu-"
+TEMPLATE_MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Conversion:
 
 @dataclass(frozen=True)
 class RewritePlan:
+    """The rewritten Pod shares every subtree it does not change with the input, and the templates
+    are shared with other plans of the same shape: copy before changing either."""
+
     pod: dict[str, Any]
     templates: tuple[dict[str, Any], ...] = ()
     conversions: tuple[Conversion, ...] = ()
@@ -72,7 +76,7 @@ def rewrite_pod(
         _strip_resources(container, item.resource_keys)
         if not item.demands:
             continue  # every legacy value was zero: nothing to claim
-        template = template_for(item.demands, catalogue=index.catalogue, namespace=namespace, container=item.name)
+        template = _template(index, item, namespace)
         template_name = template["metadata"]["name"]
         templates[template_name] = template
         claim = claim_name(item.name)
@@ -109,6 +113,19 @@ def rewrite_pod(
         removed_annotations=tuple(removed),
         changed=True,
     )
+
+
+def _template(index: CatalogueIndex, item: ContainerDemands, namespace: str) -> dict[str, Any]:
+    """``template_for``, once per (demands, namespace, container) and catalogue: the replicas of a
+    workload ask for the same thing. The template is shared between plans: read it, never change it."""
+    key = ("template", item.demands, namespace, item.name)
+    found: dict[str, Any] | None = index.derived.get(key)
+    if found is None:
+        found = template_for(item.demands, catalogue=index.catalogue, namespace=namespace, container=item.name)
+        if len(index.derived) >= TEMPLATE_MEMO_SIZE:
+            index.derived.clear()  # the shapes in use come back on their next Pod
+        index.derived[key] = found
+    return found
 
 
 def _writable_copy(pod: Mapping[str, Any], found: list[ContainerDemands]) -> dict[str, Any]:
