@@ -165,7 +165,14 @@ def serve(settings: Settings) -> None:
     runtime = build_runtime(settings)
     context, reloader = serving_tls(settings)
 
-    server = uvicorn_server(runtime.app, context, host=settings.host, port=settings.port, log_level=settings.log_level)
+    server = uvicorn_server(
+        runtime.app,
+        context,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        max_concurrency=settings.max_concurrency,
+    )
     log.info(
         "dra-bridge serving on https://%s:%d (%s cluster, catalogue from %s)",
         settings.host,
@@ -201,7 +208,13 @@ def serving_tls(settings: Settings) -> tuple[ssl.SSLContext, CertificateReloader
 
 
 def uvicorn_server(
-    app: FastAPI, context: ssl.SSLContext, *, host: str, port: int, log_level: str = "info"
+    app: FastAPI,
+    context: ssl.SSLContext,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    max_concurrency: int | None = Settings.model_fields["max_concurrency"].default,
 ) -> uvicorn.Server:
     """The production server settings, shared by ``serve``, the HTTP tests and the benchmark."""
 
@@ -219,6 +232,7 @@ def uvicorn_server(
         timeout_keep_alive=5,  # keep-alive connections stay pinned to a terminating Pod: keep them short
         timeout_graceful_shutdown=20,  # SIGTERM: stop accepting, finish in-flight reviews, then exit
         server_header=False,
+        limit_concurrency=max_concurrency,  # an overload is shed with 503 rather than queued without bound
     )
     return uvicorn.Server(config)
 

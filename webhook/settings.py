@@ -47,3 +47,7 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
+    # Past this many connections and requests in flight, new ones get 503 at once (the failurePolicy
+    # decides) instead of queueing until the apiserver's timeout: unbounded, an overload held 1.4 GiB
+    # and answered nothing in time (bench/).
+    max_concurrency: int = Field(default=256, ge=1)
