@@ -178,7 +178,7 @@ def audit_annotations(decision: Decision) -> dict[str, str]:
 def annotated(decision: Decision) -> Decision:
     """``decision`` with ``audit_annotations`` merged into its response; keys the engine set itself win."""
     notes = {**audit_annotations(decision), **(decision.response.audit_annotations or {})}
-    return dataclasses.replace(decision, response=decision.response.model_copy(update={"audit_annotations": notes}))
+    return dataclasses.replace(decision, response=dataclasses.replace(decision.response, audit_annotations=notes))
 
 
 # -- the log -------------------------------------------------------------------------------------

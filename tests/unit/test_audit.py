@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -559,7 +560,7 @@ REVIEW = {
 # -- the handler decorator -----------------------------------------------------------------------
 def test_annotated_merges_into_the_response_and_the_engine_keys_win() -> None:
     engine_notes = {"converted": "train:dra-bridge-1", "tenant": "x"}
-    decision = patched_decision(response=patched("u", []).model_copy(update={"audit_annotations": engine_notes}))
+    decision = patched_decision(response=dataclasses.replace(patched("u", []), audit_annotations=engine_notes))
     notes = annotated(decision).response.audit_annotations
     assert notes is not None
     assert notes["converted"] == "train:dra-bridge-1" and notes["tenant"] == "x"
