@@ -5,8 +5,7 @@
     python bench/profiling.py live --workload mutate_small   # cProfile in the real server under vegeta
 
 ``app`` sends AdmissionReviews straight into the ASGI app (FastAPI, the HTTP layer, the audit log,
-the engine), with the thread-pool hop made inline so that one profiler sees the whole request (the
-hop's own cost is timed separately: ``--threadpool`` keeps it). ``live`` runs bench/server.py on
+the engine; decisions run on the event loop, so one profiler sees the whole request). ``live`` runs bench/server.py on
 CPU 0 and vegeta on CPU 1 like bench/run.py, with cProfile in every server thread timed by that
 thread's CPU clock (so waiting threads cost nothing), and prints the merged profile. cProfile slows
 the server about twice; read shares, not absolute times.
@@ -147,49 +146,6 @@ async def call(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
     return status, b"".join(chunks)
 
 
-class _InlineExecutor:
-    """Stands in for the HTTP layer's thread pool: runs the decision where it is submitted."""
-
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
-        return None
-
-    def submit(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        import concurrent.futures
-
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        try:
-            future.set_result(func(*args, **kwargs))
-        except BaseException as err:  # delivered to the awaiting coroutine, as the pool would
-            future.set_exception(err)
-        return future
-
-    def shutdown(self, *_args: Any, **_kwargs: Any) -> None:
-        return None
-
-
-def _inline_hop() -> Any:
-    """Patch the HTTP layer's hop to a thread (whichever form it has) to run inline; returns an undo."""
-    import webhook.http
-
-    async def inline(func: Any, *a: Any, **kw: Any) -> Any:
-        return func(*a, **kw)
-
-    patched = {
-        name: replacement
-        for name, replacement in (("run_in_threadpool", inline), ("ThreadPoolExecutor", _InlineExecutor))
-        if hasattr(webhook.http, name)
-    }
-    originals = {name: getattr(webhook.http, name) for name in patched}
-    for name, replacement in patched.items():
-        setattr(webhook.http, name, replacement)
-
-    def undo() -> None:
-        for name, original in originals.items():
-            setattr(webhook.http, name, original)
-
-    return undo
-
-
 def cmd_app(args: argparse.Namespace) -> None:
     from pyinstrument import Profiler
 
@@ -217,26 +173,16 @@ def cmd_app(args: argparse.Namespace) -> None:
         return time.process_time() - started
 
     with tempfile.TemporaryDirectory() as tmp:
-        hop = runtime(tmp, "hop")
-        asyncio.run(drive(hop.app, warm))
-        with_hop = asyncio.run(drive(hop.app, timed))
-        undo = None if args.threadpool else _inline_hop()
-        try:
-            inline = runtime(tmp, "inline")  # the app is built with the patched hop
-            asyncio.run(drive(inline.app, warm))
-            inline_cpu = asyncio.run(drive(inline.app, timed))
-            profiler = Profiler(interval=0.0005)
-            profiler.start()
-            asyncio.run(drive(inline.app, timed[: max(1, len(timed) // 2)]))
-            profiler.stop()
-        finally:
-            if undo is not None:
-                undo()
+        built = runtime(tmp, "app")
+        asyncio.run(drive(built.app, warm))
+        cpu = asyncio.run(drive(built.app, timed))
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        asyncio.run(drive(built.app, timed[: max(1, len(timed) // 2)]))
+        profiler.stop()
     n = len(timed)
     print(
-        f"{args.workload}: {1e3 * with_hop / n:.3f} ms CPU/request with the thread-pool hop, "
-        f"{1e3 * inline_cpu / n:.3f} ms CPU/request {'with it too' if args.threadpool else 'inline'} "
-        "(requests one at a time, no sockets, no TLS, one process)"
+        f"{args.workload}: {1e3 * cpu / n:.3f} ms CPU/request (requests one at a time, no sockets, no TLS, one process)"
     )
     print(profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False))
     if args.html:
@@ -336,7 +282,6 @@ def main(argv: list[str] | None = None) -> None:
     app = sub.add_parser("app", parents=[common])
     app.add_argument("--workload", choices=sorted(WORKLOADS), default="mutate_small")
     app.add_argument("--requests", type=int, default=3000)
-    app.add_argument("--threadpool", action="store_true", help="profile with the thread-pool hop (threads unseen)")
     app.add_argument("--html")
     app.set_defaults(func=cmd_app)
     live = sub.add_parser("live", parents=[common])
