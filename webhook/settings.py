@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
-    # Past this many connections and requests in flight, new ones get 503 at once (the failurePolicy
-    # decides) instead of queueing until the apiserver's timeout: unbounded, an overload held 1.4 GiB
-    # and answered nothing in time (bench/).
-    max_concurrency: int = Field(default=256, ge=1)
+    # Past this many open connections or requests in flight, new requests get 503 at once (the
+    # failurePolicy decides) instead of queueing past the apiserver's timeout: unbounded, an overload
+    # held 1.4 GiB and answered nothing in time (bench/). uvicorn counts idle keep-alive connections
+    # too, and Go clients open several per request in flight when a burst starts (vegeta: 170 for 32
+    # workers, so 256 shed 1 % of a saturation run); 1,024 queued small Pods are about 0.6 s of work.
+    max_concurrency: int = Field(default=1024, ge=1)
