@@ -543,6 +543,34 @@ def best_saturation(attacks: dict[str, Any]) -> tuple[str | None, float | None]:
     return best
 
 
+def split_by_capacity(workloads: dict[str, Any]) -> tuple[list[float], list[dict[str, Any]]]:
+    """Success ratios of every attack the server can carry (saturation, the closed model, and fixed
+    rates up to 90 % of the workload's capacity), and the fixed-rate attacks above it: an overload on
+    purpose, whose excess is shed with 503 or times out in a queue, reported apart."""
+    successes: list[float] = []
+    overloaded: list[dict[str, Any]] = []
+    for name, data in workloads.items():
+        attacks = data.get("attacks", {})
+        capacity = best_saturation(attacks)[1]
+        for key, attack in attacks.items():
+            rate = (attack.get("attack") or {}).get("rate")
+            if rate and capacity and rate > 0.9 * capacity:
+                overloaded.append(
+                    {
+                        "workload": name,
+                        "attack": key,
+                        "rate": rate,
+                        "capacity_rps": capacity,
+                        "success_ratio": attack["success_ratio"],
+                        "failures": attack.get("failures", {}),
+                        "p50_ms": (attack.get("latency_ms") or {}).get("p50"),
+                    }
+                )
+            else:
+                successes.append(attack["success_ratio"])
+    return successes, overloaded
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
@@ -614,8 +642,9 @@ def figures_of(config: Config, results: dict[str, Any]) -> dict[str, Any]:
         "with_claims": big_server.get("ready_seconds"),
         "claims": most,
     }
-    successes = [a["success_ratio"] for d in w.values() for a in d.get("attacks", {}).values()]
+    successes, overloaded = split_by_capacity(w)
     figures["success_ratio_min"] = min(successes) if successes else None
+    figures["overloaded"] = overloaded
     foreign = [
         a["foreign_load_on_server_cpu"]
         for d in w.values()
@@ -669,7 +698,7 @@ def targets_of(config: Config, figures: dict[str, Any]) -> list[dict[str, Any]]:
             "<=",
             " s",
         ),
-        ("every request succeeded (success ratio 1.0)", figures["success_ratio_min"], 1.0, ">=", ""),
+        ("every request within capacity succeeded (success ratio 1.0)", figures["success_ratio_min"], 1.0, ">=", ""),
     ]
     out = []
     for name, value, limit, op, unit in checks:
@@ -802,6 +831,12 @@ def table(config: Config, results: dict[str, Any]) -> str:
     lines.append(
         f"  Ready: idle {fmt(f['ready_seconds']['idle'])} s, with {f['ready_seconds']['claims']:,} claims {fmt(f['ready_seconds']['with_claims'])} s"
     )
+    for o in f.get("overloaded", []):
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "none"
+        lines.append(
+            f"  overload {o['workload']} {o['attack']} (capacity {fmt(o['capacity_rps'], 0)} req/s): "
+            f"success {o['success_ratio']:.4f}, failures: {failures}"
+        )
     lines.append("")
     lines.append("targets")
     for t in results["targets"]:
