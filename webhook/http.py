@@ -42,6 +42,35 @@ class _BadRequest(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class LoopLag:
+    """How far behind the event loop runs: a timer due every ``interval`` seconds notes how late it
+    fired. Decisions run on the loop, so when requests arrive faster than they are decided this is
+    about how long a request arriving now waits before its handler starts."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.seconds = 0.0  # the lateness measured last
+        self._due: float | None = None  # when the timer should fire next (loop clock = time.monotonic)
+
+    def behind(self) -> float:
+        """The lag measured last, or how overdue the timer is now if that is more: inside one long
+        stretch of work the loop falls further behind before the timer can say so."""
+        overdue = time.monotonic() - self._due if self._due is not None else 0.0
+        return max(self.seconds, overdue)
+
+    async def run(self, on_measure: Callable[[float], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._due = loop.time() + self.interval
+                await asyncio.sleep(self.interval)
+                self.seconds = max(0.0, loop.time() - self._due)
+                if on_measure is not None:
+                    on_measure(self.seconds)
+        finally:
+            self._due = None
+
+
 def create_app(
     *,
     mutate: Handler,
@@ -51,6 +80,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     threads: int = 16,
     inline: bool = True,
+    shed_after: float | None = 1.0,
+    lag: LoopLag | None = None,
 ) -> FastAPI:
     # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
     # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
@@ -58,10 +89,25 @@ def create_app(
     # again on a plain executor (starlette's run_in_threadpool cost a fifth more again: bench/).
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decide")
 
+    # Overload: once requests wait longer than ``shed_after`` seconds for the loop, they are answered
+    # 503 at once (the failurePolicy decides, as it would after the apiserver's 3-5 s timeout) so the
+    # backlog drains instead of being decided after its caller gave up (bench/: an open-model rate near
+    # capacity). The lag is measured while the server runs (its lifespan).
+    lag = lag or LoopLag()
+
+    def measured(seconds: float) -> None:
+        metrics.loop_lag.set(value=seconds)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        executor.shutdown(wait=False)
+        monitor = asyncio.create_task(lag.run(measured))
+        try:
+            yield
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            executor.shutdown(wait=False)
 
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -77,6 +123,16 @@ def create_app(
 
     async def review(request: Request, webhook: Literal["mutate", "validate"], handler: Handler) -> Response:
         started = time.perf_counter()
+        behind = lag.behind() if shed_after is not None else 0.0
+        if shed_after is not None and behind > shed_after:
+            metrics.rejected_requests.inc("overloaded")
+            return JSONResponse(
+                {
+                    "message": f"overloaded: requests wait {behind:.1f}s before they are decided "
+                    f"(limit {shed_after:g}s); the webhook's failurePolicy applies"
+                },
+                status_code=503,
+            )
         try:
             admission_request = await _read_review(request, max_body_bytes)
         except _BadRequest as bad:

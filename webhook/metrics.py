@@ -129,6 +129,9 @@ class Metrics:
         self.policy_reloads = Gauge(
             "dra_bridge_policy_reloads_total", "Policy document loads since start, by result (ok, failed).", ("result",)
         )
+        self.loop_lag = Gauge(
+            "dra_bridge_event_loop_lag_seconds", "How late the event loop runs a timer: the wait before a decision."
+        )
         self.gc_frozen = Gauge(
             "dra_bridge_gc_frozen_objects", "Objects the cyclic garbage collector no longer walks (frozen)."
         )

@@ -134,6 +134,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         readiness=readiness,
         max_body_bytes=settings.max_body_bytes,
         threads=settings.workers_threads,
+        shed_after=settings.shed_after_seconds or None,
     )
     return Runtime(
         settings=settings,

@@ -47,9 +47,11 @@ class Settings(BaseSettings):
     dev: bool = False
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
-    # Past this many open connections or requests in flight, new requests get 503 at once (the
-    # failurePolicy decides) instead of queueing past the apiserver's timeout: unbounded, an overload
-    # held 1.4 GiB and answered nothing in time (bench/). uvicorn counts idle keep-alive connections
-    # too, and Go clients open several per request in flight when a burst starts (vegeta: 170 for 32
-    # workers, so 256 shed 1 % of a saturation run); 1,024 queued small Pods are about 0.6 s of work.
-    max_concurrency: int = Field(default=1024, ge=1)
+    # A memory bound: past this many open connections or requests in flight, new requests get 503.
+    # Unbounded, an overload held 1.4 GiB (bench/). uvicorn counts idle keep-alive connections too,
+    # and Go clients open several per request in flight when a burst starts (vegeta: 170 for 32
+    # workers), so this stays well above what a healthy replica sees; shed_after_seconds sheds first.
+    max_concurrency: int = Field(default=2048, ge=1)
+    # Requests are shed with 503 while the event loop runs this many seconds behind (webhook/http.py):
+    # below the apiserver's 3 s mutate timeout, so what is still decided is still awaited. 0: never.
+    shed_after_seconds: float = Field(default=1.0, ge=0)

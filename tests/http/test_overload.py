@@ -7,6 +7,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,3 +54,49 @@ def test_requests_past_the_concurrency_limit_are_shed_with_503(tmp_path: Path) -
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def test_loop_lag_sees_a_loop_that_falls_behind() -> None:
+    import asyncio
+
+    from webhook.http import LoopLag
+
+    async def scenario() -> tuple[float, float]:
+        lag, seen = LoopLag(interval=0.01), []
+        monitor = asyncio.create_task(lag.run(seen.append))
+        await asyncio.sleep(0.05)
+        calm = max(seen)
+        time.sleep(0.3)  # a handler that holds the loop, as a backlog of decisions does
+        assert lag.behind() >= 0.25  # seen from inside the stretch, before the timer can fire
+        await asyncio.sleep(0.03)
+        monitor.cancel()
+        return calm, max(seen)
+
+    calm, behind = asyncio.run(scenario())
+    assert calm < 0.1 and behind >= 0.25
+
+
+def test_requests_are_shed_while_the_loop_runs_behind() -> None:
+    from tests.http.test_error_mapping import post
+    from webhook.http import LoopLag, create_app
+    from webhook.metrics import Metrics
+
+    decided: list[str] = []
+
+    def decide(request: Any) -> Any:
+        decided.append(request.uid)
+        raise RuntimeError("stop here")  # reaching the handler is what this test looks for
+
+    lag, metrics = LoopLag(), Metrics()
+    app = create_app(mutate=decide, validate=decide, metrics=metrics, readiness=lambda: (True, {}), lag=lag)
+    lag.seconds = 2.5  # as the monitor would note it while the server runs
+    shed = post(app, "/validate", review(pod(container())))
+    assert shed.status_code == 503 and "requests wait 2.5s before they are decided (limit 1s)" in shed.json()["message"]
+    assert decided == [] and 'dra_bridge_rejected_http_requests_total{reason="overloaded"} 1' in metrics.render()
+    lag.seconds = 0.2
+    assert post(app, "/validate", review(pod(container()))).status_code == 500 and decided == ["uid-1"]
+    never = create_app(
+        mutate=decide, validate=decide, metrics=Metrics(), readiness=lambda: (True, {}), lag=lag, shed_after=None
+    )
+    lag.seconds = 60.0
+    assert post(never, "/validate", review(pod(container()))).status_code == 500  # shedding off
