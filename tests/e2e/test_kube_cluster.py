@@ -167,7 +167,7 @@ def test_claim_subscribers_get_slim_claims(
     added = wait_for(lambda: [o for e, o in claims.events if e == "ADDED" and o["metadata"]["name"] == "c-slim"], 10)
     meta = stored["metadata"]
     assert added[0] == {
-        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion")},
+        "metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion")},
         "spec": stored["spec"],
     }
     kube.kubectl("delete", "resourceclaim", "c-slim", "-n", home)
