@@ -610,7 +610,7 @@ class Bench:
 
     def pids(self) -> dict[str, int]:
         assert self.cp is not None
-        out = {name: proc.pid for name, proc in self.cp._procs.items() if proc.poll() is None}
+        out = self.cp.pids()
         if self.bridge is not None and self.bridge.proc is not None and self.bridge.proc.poll() is None:
             out["dra-bridge"] = self.bridge.proc.pid
         out["client"] = os.getpid()

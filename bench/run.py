@@ -168,7 +168,8 @@ def server_stack(python: str) -> dict[str, Any]:
         "print(json.dumps(out))\n"
     )
     proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(proc.stdout)
+    stack: dict[str, Any] = json.loads(proc.stdout)
+    return stack
 
 
 def machine(config: Config, vegeta_version: str, pinned: bool) -> dict[str, Any]:
@@ -700,7 +701,7 @@ def targets_of(config: Config, figures: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         ("every request within capacity succeeded (success ratio 1.0)", figures["success_ratio_min"], 1.0, ">=", ""),
     ]
-    out = []
+    out: list[dict[str, Any]] = []
     for name, value, limit, op, unit in checks:
         if value is None:
             out.append(

@@ -351,6 +351,10 @@ class ControlPlane:
 
     # ------------------------------------------------------------ public --
 
+    def pids(self) -> dict[str, int]:
+        """Process ids of the components that are running, by name (etcd, kube-apiserver, ...)."""
+        return {name: proc.pid for name, proc in self._procs.items() if proc.poll() is None}
+
     def log_path(self, component: str) -> Path:
         return self.work_dir / "logs" / f"{component}.log"
 
