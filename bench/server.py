@@ -112,7 +112,7 @@ def settings_for(spec: dict[str, Any], args: argparse.Namespace) -> Any:
 
 class ThreadProfiles:
     """cProfile in every thread, timed by each thread's own CPU clock (``time.thread_time``), so
-    the thread pool's decisions and the event loop's HTTP work land in one profile without waits
+    the event loop's decisions and HTTP work and any thread's land in one profile without waits
     counting. Merged and written to ``path`` when the server stops (``pstats`` format)."""
 
     def __init__(self, path: Path) -> None:

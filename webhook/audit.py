@@ -188,7 +188,7 @@ def default_replica() -> str:
 
 
 class AuditLog:
-    """Numbers, stamps and writes decision records; thread-safe (decisions are made in a thread pool)."""
+    """Numbers, stamps and writes decision records; thread-safe (decisions run on the event loop or the HTTP layer's threads)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """CEL, behind one module: compile when a policy loads, only evaluate on the request path.
 
 Rules run with celpy's ``InterpretedRunner`` (its compiled runner is not thread-safe, and decisions
-are made on a thread pool). celpy has no runtime cost limit, so the cost is bounded statically when a
+run on the event loop or, when they need the cluster, on the HTTP layer's threads). celpy has no runtime cost limit, so the cost is bounded statically when a
 rule is compiled: a cap on the expression's length and syntax-tree size, and on how deeply
 comprehension macros (``all``, ``exists``, ``map``...) nest. The data a rule sees is bounded too
 (at most 32 requests of 8 alternatives per claim), so a compiled rule's work is bounded.
