@@ -8,8 +8,6 @@ Timing is not asserted. Like the end-to-end tests, skipped when the control plan
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.controlplane import BUILD_SCRIPT, ControlPlaneError, build_control_plane
+from tests.e2e.availability import control_plane_bin_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 PODS, SEQUENTIAL, PLAIN, WARMUP = 10, 4, 6, 2
@@ -27,12 +25,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    try:
-        build_control_plane()
-    except ControlPlaneError as err:
-        if shutil.which("go") is None and os.environ.get("DRA_BRIDGE_E2E") != "require":
-            pytest.skip(f"e2e: no cached control plane and no Go toolchain to build one ({BUILD_SCRIPT.name}): {err}")
-        raise
+    control_plane_bin_or_skip()
     out = tmp_path_factory.mktemp("bench-e2e") / "e2e.json"
     command = [
         sys.executable,

@@ -11,7 +11,6 @@ that into a failure.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.controlplane import BUILD_SCRIPT, DRA_FEATURE_GATES, ControlPlane, ControlPlaneError, build_control_plane
+from tests.e2e.availability import control_plane_bin_or_skip
+from tests.e2e.controlplane import DRA_FEATURE_GATES, ControlPlane
 from tests.e2e.helpers import (
     BRIDGE_NAMESPACE,
     DEVICECLASSES,
@@ -52,12 +52,7 @@ def observations() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def bin_dir(timings: dict[str, float]) -> Path:
     started = time.monotonic()
-    try:
-        path = build_control_plane()
-    except ControlPlaneError as err:
-        if shutil.which("go") is None and os.environ.get("DRA_BRIDGE_E2E") != "require":
-            pytest.skip(f"e2e: no cached control plane and no Go toolchain to build one ({BUILD_SCRIPT.name}): {err}")
-        raise
+    path = control_plane_bin_or_skip()
     timings["binaries"] = time.monotonic() - started
     return path
 
