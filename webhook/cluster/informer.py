@@ -180,25 +180,18 @@ class Store:
         return self._objects.get(key)
 
     def put(self, key: Key, obj: dict[str, Any]) -> None:
-        old = self._objects.get(key)
-        self._objects[key] = self._keep(obj)
-        if old is not None:
-            self._release(old)
+        self._objects[key] = copy.deepcopy(obj)
 
     def pop(self, key: Key) -> None:
-        old = self._objects.pop(key, None)
-        if old is not None:
-            self._release(old)
+        self._objects.pop(key, None)
 
     def export(self, stored: dict[str, Any]) -> dict[str, Any]:
         """A copy of a cached object that its receiver may keep or change."""
         return copy.deepcopy(stored)
 
-    def _keep(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return copy.deepcopy(obj)
-
-    def _release(self, stored: dict[str, Any]) -> None:
-        return None
+    def exported(self) -> list[dict[str, Any]]:
+        """A copy of every cached object (``export`` of each)."""
+        return [self.export(stored) for key in self.cached_keys() if (stored := self.get(key)) is not None]
 
 
 class SpecPool:
@@ -361,10 +354,8 @@ class Informer:
         """Add a handler; what is cached already reaches it first, as ADDED events."""
         with self._lock:
             self._handlers.append(handler)
-            for key in self.store.cached_keys():
-                stored = self.store.get(key)
-                if stored is not None:
-                    self._call(handler, "ADDED", self.store.export(stored))
+            for exported in self.store.exported():
+                self._call(handler, "ADDED", exported)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:

@@ -101,7 +101,7 @@ class InMemoryCluster:
         self._handlers.setdefault(source, []).append(handler)
         with self._lock:
             if source == "resourceclaims":
-                existing = [self._claims.export(c) for k in self._claims.cached_keys() if (c := self._claims.get(k))]
+                existing = self._claims.exported()
             else:
                 existing = [c for c in self._configmaps.values() if source in _configmap_sources(c)]
         for obj in existing:
