@@ -53,7 +53,6 @@ class UsageLedger:
     # name -> shape, per namespace: one dict entry per claim (no key tuple, no object). The claims of
     # one template share one shape, so 100,000 claims are not 100,000 copies of the same numbers.
     _claims: dict[str, dict[str, Shape]] = field(default_factory=dict)
-    _count: int = 0
     _shapes: dict[Basis, Shape] = field(default_factory=dict)
     _by_namespace: dict[str, Charge] = field(default_factory=dict)
     # Live reservations per namespace (insertion order = expiry order, the TTL being constant), their
@@ -65,9 +64,9 @@ class UsageLedger:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_token: int = 0
     # Claims seen appearing within the last TTL, per namespace, oldest first (for LeaseCoordinator),
-    # and one FIFO of (time, namespace) over all of them, so that every namespace is trimmed in time.
+    # and the same observations in one FIFO over all namespaces, so that every namespace is trimmed.
     _observations: dict[str, deque[Observation]] = field(default_factory=dict)
-    _observed: deque[tuple[float, str]] = field(default_factory=deque)
+    _observed: deque[Observation] = field(default_factory=deque)
 
     # -- the cache side ------------------------------------------------------------------------
     def observe(self, namespace: str, name: str, claim_spec: dict[str, object]) -> None:
@@ -84,16 +83,14 @@ class UsageLedger:
             old = claims.get(name)
             if old is not None:
                 self._add(namespace, ZERO - old[1])
-            else:
-                self._count += 1
             claims[name] = shape
             self._add(namespace, new)
             if old is None:
                 self._confirm(namespace, new)
                 if self.track_observations:
-                    at = self.wall_clock()
-                    self._observations.setdefault(namespace, deque()).append(Observation(namespace, new, at))
-                    self._observed.append((at, namespace))
+                    seen = Observation(namespace, new, self.wall_clock())
+                    self._observations.setdefault(namespace, deque()).append(seen)
+                    self._observed.append(seen)
                     self._trim()
 
     def forget(self, namespace: str, name: str) -> None:
@@ -102,7 +99,6 @@ class UsageLedger:
             claims = self._claims.get(namespace)
             old = claims.pop(name, None) if claims is not None else None
             if old is not None:
-                self._count -= 1
                 self._add(namespace, ZERO - old[1])
                 if not claims:
                     del self._claims[namespace]
@@ -166,7 +162,7 @@ class UsageLedger:
     @property
     def claim_count(self) -> int:
         with self._lock:
-            return self._count
+            return sum(len(claims) for claims in self._claims.values())  # O(namespaces), read at scrape time
 
     @property
     def observation_count(self) -> int:
@@ -198,8 +194,8 @@ class UsageLedger:
         """Drop observations older than the TTL, in every namespace: O(what expired)."""
         horizon = self.wall_clock() - self.reservation_ttl
         observed = self._observed
-        while observed and observed[0][0] <= horizon:
-            _, namespace = observed.popleft()
+        while observed and observed[0].at <= horizon:
+            namespace = observed.popleft().namespace
             seen = self._observations[namespace]
             seen.popleft()  # the same observation: both are in arrival order
             if not seen:
