@@ -123,7 +123,7 @@ def create_app(
 
     async def review(request: Request, webhook: Literal["mutate", "validate"], handler: Handler) -> Response:
         started = time.perf_counter()
-        behind = lag.behind() if shed_after is not None else 0.0
+        behind = lag.behind()
         if shed_after is not None and behind > shed_after:
             metrics.rejected_requests.inc("overloaded")
             return JSONResponse(

@@ -67,10 +67,7 @@ class Status:
     reason: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.reason:
-            wire["reason"] = self.reason
-        return wire
+        return {"code": self.code, "message": self.message, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
