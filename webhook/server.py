@@ -259,10 +259,16 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
                 await task
 
 
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set, whichever comes first; True when stopped."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
 async def _reload_certs(reloader: CertificateReloader, metrics: Metrics, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=reloader.interval)
+        await _stopped_within(stop, reloader.interval)
         if reloader.check():
             metrics.cert_reloads.inc()
             log.info("serving certificate reloaded; valid until %s", reloader.not_after)
@@ -270,24 +276,21 @@ async def _reload_certs(reloader: CertificateReloader, metrics: Metrics, stop: a
 
 async def _settle_collector(runtime: Runtime, stop: asyncio.Event, poll: float = 0.5) -> None:
     """Once the caches have synced, collect and freeze what is alive; again every interval."""
-    while not stop.is_set() and not runtime.cluster.ready()[0]:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=poll)
+    while not runtime.cluster.ready()[0]:
+        if await _stopped_within(stop, poll):
+            return
     while not stop.is_set():
         paused, frozen = settle()
         runtime.metrics.gc_settle_seconds.set(value=paused)
         runtime.metrics.gc_frozen.set(value=float(frozen))
         log.info("garbage collector: collected and froze %d long-lived objects in %.1f ms", frozen, paused * 1000)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=runtime.settings.gc_settle_interval_seconds)
+        await _stopped_within(stop, runtime.settings.gc_settle_interval_seconds)
 
 
 async def _collect_templates(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
     while not stop.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.template_gc_interval_seconds)
-        if stop.is_set():
+        if await _stopped_within(stop, settings.template_gc_interval_seconds):
             return
         try:
             deleted = await asyncio.to_thread(
