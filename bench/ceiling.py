@@ -1,7 +1,7 @@
 """The ceiling: the least an AdmissionReview endpoint can do on this stack.
 
 A bare FastAPI app that reads the body, ``json.loads`` it and allows with the uid echoed. Served by
-the same ``webhook.server.uvicorn_server`` over the same TLS context as dra-bridge, it measures what
+the same ``webhook.serving.server.uvicorn_server`` over the same TLS context as dra-bridge, it measures what
 uvicorn, TLS, the HTTP parser and FastAPI cost on their own, so dra-bridge's figures can be read
 as a ratio to it. ``/mutate`` and ``/validate`` are the same endpoint so the same targets work.
 """

@@ -42,8 +42,8 @@ WORKLOADS = {
 
 def runtime_for(*, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path) -> Any:
     from bench.server import seed_claims, seeded_cluster
-    from webhook.server import build_runtime
-    from webhook.settings import Settings
+    from webhook.serving.server import build_runtime
+    from webhook.serving.settings import Settings
 
     spec = {"claims": claims, "tenants": tenants, "rules": rules, "rule_tenants": rule_tenants}
     cluster = seeded_cluster(spec)
@@ -69,8 +69,8 @@ def bodies(name: str, count: int, *, tenants: int, rule_tenants: int) -> list[by
 
 def cmd_seed(args: argparse.Namespace) -> None:
     from bench.server import seeded_cluster
-    from webhook.server import build_runtime
-    from webhook.settings import Settings
+    from webhook.serving.server import build_runtime
+    from webhook.serving.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"claims": 0, "tenants": args.tenants, "rules": 0, "rule_tenants": 0}
@@ -198,7 +198,7 @@ def cmd_live(args: argparse.Namespace) -> None:
 
     from bench.run import LOAD_CPU, SERVER_CPU, start_server, wait_ready
     from bench.vegeta import Attack, ensure_vegeta, run_attack
-    from webhook.certs import ensure_dev_certs
+    from webhook.certs.pki import ensure_dev_certs
 
     vegeta, _ = ensure_vegeta()
     taskset = shutil.which("taskset")

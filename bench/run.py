@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--quick] [--out bench/results/latest.json]
 
 Starts the ceiling (bench/ceiling.py) once and dra-bridge (bench/server.py: the real app from
-``webhook.server.build_runtime`` under ``uvicorn_server``, in-memory cluster seeded per workload)
+``webhook.serving.server.build_runtime`` under ``uvicorn_server``, in-memory cluster seeded per workload)
 once per cluster shape, the servers on CPU 0 and vegeta on CPU 1 (``taskset``). For each workload:
 a short warm-up, constant-rate attacks (open model) at each rate, and saturation attacks at each
 worker count (the best counts). Prints a table and the targets (PASS/MISS with the margin) and
@@ -161,7 +161,7 @@ def server_stack(python: str) -> dict[str, Any]:
         "names = ['uvicorn','httptools','uvloop','h11','fastapi','starlette','pydantic','anyio','orjson','cel-python']\n"
         "out = {n: v(n) for n in names}\n"
         "out['python'] = platform.python_version()\n"
-        "import inspect, ssl, webhook.server as w\n"
+        "import inspect, ssl, webhook.serving.server as w\n"
         "src = inspect.getsource(w)\n"
         "out['uvicorn_http'] = 'httptools' if 'http=\"httptools\"' in src else ('httptools (auto)' if u.find_spec('httptools') else 'h11')\n"
         "out['uvicorn_loop'] = 'uvloop' if ('_use_uvloop' in src and u.find_spec('uvloop')) else 'asyncio'\n"
@@ -875,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     progress(f"{results['machine']['pinning']}\n")
     work = Path(tempfile.mkdtemp(prefix="dra-bridge-bench-"))
-    from webhook.certs import ensure_dev_certs
+    from webhook.certs.pki import ensure_dev_certs
 
     certs = ensure_dev_certs(work / "certs")
     ca = certs / "ca.crt"

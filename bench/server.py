@@ -4,11 +4,11 @@
     python bench/server.py --port 9444 --cert-dir DIR --app ceiling
 
 dra-bridge: an ``InMemoryCluster`` gets the tenants' namespaces (``t-0000``..) and one QuotaPolicy
-ConfigMap through its public seeding methods; ``webhook.server.build_runtime`` wires the real
+ConfigMap through its public seeding methods; ``webhook.serving.server.build_runtime`` wires the real
 engine, metrics, audit log and app to it (its watches replay the policy); then every claim goes in
 through ``InMemoryCluster.add_claim``, the path a watch event takes to the usage ledger. Only then
 does the server listen, so ``/readyz`` answering 200 means "seeded and serving". It runs under
-``webhook.server.uvicorn_server`` (the production settings) with the TLS context and certificate
+``webhook.serving.server.uvicorn_server`` (the production settings) with the TLS context and certificate
 reloader of ``serve``, in one process.
 
 The ceiling (``bench/ceiling.py``) is served by the same function over the same kind of context.
@@ -93,7 +93,7 @@ def seed_claims(cluster: Any, spec: dict[str, Any]) -> None:
 
 
 def settings_for(spec: dict[str, Any], args: argparse.Namespace) -> Any:
-    from webhook.settings import Settings
+    from webhook.serving.settings import Settings
 
     fields: dict[str, Any] = {
         "dev": True,  # in-memory cluster, one replica: quota coordination is local
@@ -177,7 +177,7 @@ class _Snapshot:
 
 
 def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
-    from webhook import server as webhook_server
+    from webhook.serving import server as webhook_server
 
     emit("imported")
     settings = settings_for(spec, args)
@@ -208,8 +208,8 @@ def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
 
 def run_ceiling(args: argparse.Namespace) -> None:
     from bench.ceiling import create_ceiling_app
-    from webhook import server as webhook_server
-    from webhook.tls import server_ssl_context
+    from webhook.serving import server as webhook_server
+    from webhook.serving.tls import server_ssl_context
 
     emit("imported")
     context = server_ssl_context(cert_file=args.cert_dir / "tls.crt", key_file=args.cert_dir / "tls.key")
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert-dir", type=Path, required=True, help="holds tls.crt and tls.key (webhook.certs)")
+    parser.add_argument("--cert-dir", type=Path, required=True, help="holds tls.crt and tls.key (webhook.certs.pki)")
     parser.add_argument("--spec", help="JSON object (or @file) with keys: " + ", ".join(DEFAULT_SPEC))
     parser.add_argument("--app", choices=("dra-bridge", "ceiling"))
     parser.add_argument("--claims", type=int)

@@ -9,8 +9,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from webhook.catalogue import CatalogueIndex, load_catalogue
-from webhook.server import catalogue_files
+from webhook.serving.server import catalogue_files
+from webhook.translate.catalogue import CatalogueIndex, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

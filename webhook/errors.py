@@ -1,6 +1,6 @@
 """The error hierarchy, and the one place that maps it to admission verdicts.
 
-Business code raises; ``webhook.admission`` turns the exception into a response:
+Business code raises; ``webhook.admission.engine`` turns the exception into a response:
 
 - ``MalformedReview``  -> HTTP 400 (the request itself is not an AdmissionReview we can read)
 - ``Denial`` subclasses -> ``allowed: false`` with a message for the user (their input or quota)

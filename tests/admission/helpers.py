@@ -4,7 +4,7 @@ import base64
 import json
 from typing import Any
 
-from webhook.review import AdmissionRequest
+from webhook.admission.review import AdmissionRequest
 
 
 def review(

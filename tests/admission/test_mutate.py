@@ -9,11 +9,11 @@ import pytest
 
 from tests.admission.helpers import decode_patch, request
 from tests.conftest import assert_valid, container, pod
-from webhook.admission import Admission
-from webhook.catalogue import CatalogueIndex
+from webhook.admission.engine import Admission
+from webhook.admission.jsonpatch import apply
+from webhook.admission.templates import TemplateProvisioner
 from webhook.cluster.memory import InMemoryCluster
-from webhook.jsonpatch import apply
-from webhook.templates import TemplateProvisioner
+from webhook.translate.catalogue import CatalogueIndex
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_legacy_pod_is_patched_and_its_template_created(admission: Admission, cl
         | {"metadata": {"name": template_name, "namespace": "team-a"}}
     )
     assert response.warnings == ["dra-bridge: train: nvidia.com/gpu=2 -> 2 whole devices (nvidia)"]
-    from webhook.audit import audit_annotations
+    from webhook.audit.log import audit_annotations
 
     assert audit_annotations(decision)["templates"] == f"train={template_name}"
 

@@ -9,11 +9,11 @@ import yaml
 
 from tests.admission.helpers import request
 from tests.conftest import POLICIES, container, pod
-from webhook.admission import Admission
-from webhook.catalogue import CatalogueIndex
+from webhook.admission.engine import Admission
 from webhook.cluster.memory import InMemoryCluster
-from webhook.enforcement import QuotaEnforcer
-from webhook.rewrite import rewrite_pod
+from webhook.quota.enforcement import QuotaEnforcer
+from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.rewrite import rewrite_pod
 
 GPU_CLASS = "whole.nvidia.dra-bridge.io"
 
@@ -114,7 +114,7 @@ def test_denial_says_who_what_and_by_how_much(index: CatalogueIndex) -> None:
     assert status.message == (
         "tenant research: devices/whole.*: requested 2, in use 3, limit 4: over by 1 [policy gpu-quota@1]"
     )
-    from webhook.audit import audit_annotations
+    from webhook.audit.log import audit_annotations
 
     notes = audit_annotations(decision)
     assert notes["decision"] == "denied" and notes["reason"] == "quota-exceeded" and notes["tenant"] == "research"
@@ -357,7 +357,7 @@ def test_malformed_catalogue_configmap_is_refused_at_save(index: CatalogueIndex)
             "catalogue.yaml": "apiVersion: dra-bridge.io/v1alpha1\nkind: TranslationCatalogue\nsources: [{name: x, target: nowhere}]"
         },
     }
-    from webhook.catalogue import parse_document
+    from webhook.translate.catalogue import parse_document
 
     env.admission = Admission(
         cluster=env.cluster,

@@ -9,12 +9,12 @@ import pytest
 
 from tests.admission.helpers import request
 from tests.admission.test_quota import claim, policy_configmap
-from webhook.admission import Admission
-from webhook.catalogue import CatalogueIndex
+from webhook.admission.engine import Admission
 from webhook.cluster import Conflict
 from webhook.cluster.memory import InMemoryCluster
-from webhook.coordination import decode, lease_name
-from webhook.enforcement import QuotaEnforcer
+from webhook.quota.coordination import decode, lease_name
+from webhook.quota.enforcement import QuotaEnforcer
+from webhook.translate.catalogue import CatalogueIndex
 
 POLICY = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 10}}}]}
 

@@ -8,10 +8,10 @@ import pytest
 
 from tests.admission.helpers import request
 from tests.conftest import container, pod
-from webhook.admission import Admission, AdmissionSettings
-from webhook.catalogue import CatalogueIndex
+from webhook.admission.engine import Admission, AdmissionSettings
 from webhook.cluster.memory import InMemoryCluster
-from webhook.rewrite import rewrite_pod
+from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.rewrite import rewrite_pod
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from webhook.admission import Decision
-from webhook.audit import AuditLog, RotatingFileSink
+from webhook.admission.engine import Decision
+from webhook.admission.review import AdmissionRequest, allowed
+from webhook.audit.log import AuditLog, RotatingFileSink
 from webhook.cli import main
-from webhook.review import AdmissionRequest, allowed
 
 BASE = datetime(2025, 11, 22, 10, 0, tzinfo=UTC)
 LONG = "tenant team-a: devices/whole.nvidia.dra-bridge.io 8 requested, 6 used of 8 (gpu-quota@12); ask your admin"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from webhook.settings import Settings
+from webhook.serving.settings import Settings
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -203,7 +203,7 @@ def test_dockerignore_keeps_secrets_and_dev_files_out_of_the_context() -> None:
         "webhook/__pycache__/x.pyc",
     ):
         assert ignored(path, patterns), path
-    for path in ("pyproject.toml", "README.md", "webhook/server.py", "policies/catalogue.yaml"):
+    for path in ("pyproject.toml", "README.md", "webhook/serving/server.py", "policies/catalogue.yaml"):
         assert not ignored(path, patterns), path
 
 

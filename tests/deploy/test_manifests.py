@@ -17,17 +17,17 @@ import yaml
 
 from tests.conftest import ROOT, assert_valid
 from tests.deploy.conftest import DEPLOY, find, find_all, targets
-from webhook.certs import service_dns_names
+from webhook.certs.pki import service_dns_names
 from webhook.cluster.kube import CLUSTER_ACCESS, NAMESPACE_ACCESS, REPORT_ACCESS
-from webhook.quantity import parse_quantity
-from webhook.settings import Settings
+from webhook.serving.settings import Settings
+from webhook.translate.quantity import parse_quantity
 
 Docs = list[dict[str, Any]]
 TARGETS = targets()
 NAMESPACE = "dra-bridge"
 # Kinds without a schema in kubernetes-validate; checked field by field in the cert-manager test.
 CRD_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
-UVICORN_GRACEFUL_SHUTDOWN = 20  # webhook/server.py: timeout_graceful_shutdown
+UVICORN_GRACEFUL_SHUTDOWN = 20  # webhook/serving/server.py: timeout_graceful_shutdown
 
 
 @pytest.fixture(params=TARGETS)
@@ -155,7 +155,7 @@ def test_graceful_drain_outlasts_prestop_and_uvicorn_shutdown(docs: Docs) -> Non
 
 def test_uvicorn_graceful_shutdown_is_still_twenty_seconds() -> None:
     # terminationGracePeriodSeconds above is derived from it; a change there must revisit the Deployment.
-    source = (ROOT / "webhook" / "server.py").read_text(encoding="utf-8")
+    source = (ROOT / "webhook" / "serving" / "server.py").read_text(encoding="utf-8")
     assert f"timeout_graceful_shutdown={UVICORN_GRACEFUL_SHUTDOWN}" in source
 
 
@@ -173,8 +173,8 @@ def test_probes_use_healthz_and_readyz_over_https_on_8443(docs: Docs) -> None:
 
 
 def test_probe_and_webhook_paths_are_served_by_the_app(base: Docs) -> None:
-    from webhook.http import create_app
-    from webhook.metrics import Metrics
+    from webhook.serving.http import create_app
+    from webhook.serving.metrics import Metrics
 
     def unused(_request: Any) -> Any:
         raise AssertionError("not called: only the routes are read")
@@ -221,7 +221,7 @@ def test_env_names_and_values_are_settings(docs: Docs) -> None:
     for var in env:
         assert var["name"].startswith("DRA_BRIDGE_"), var["name"]
         field = var["name"].removeprefix("DRA_BRIDGE_").lower()
-        assert field in Settings.model_fields, f"{var['name']} is not a setting of webhook/settings.py"
+        assert field in Settings.model_fields, f"{var['name']} is not a setting of webhook/serving/settings.py"
         if "valueFrom" in var:  # only the downward API: the Pod's namespace, or its name as the replica id
             downward = {"namespace": "metadata.namespace", "replica": "metadata.name"}
             assert var["valueFrom"] == {"fieldRef": {"fieldPath": downward[field]}}
@@ -240,7 +240,7 @@ def test_the_audit_log_has_a_volume_large_enough_for_its_rotation(docs: Docs) ->
     env = {v["name"]: v.get("value") for v in container["env"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
-    from webhook.quantity import parse_quantity
+    from webhook.translate.quantity import parse_quantity
 
     volume = volumes[mounts["/var/log/dra-bridge"]]
     needed = int(env["DRA_BRIDGE_AUDIT_MAX_BYTES"]) * (int(env["DRA_BRIDGE_AUDIT_MAX_FILES"]) + 1)
@@ -275,7 +275,7 @@ def test_service_sends_443_to_the_https_port_of_the_pods(docs: Docs) -> None:
 
 # --------------------------------------------------------------------------- RBAC
 
-# What the adapter declares it uses; tests/unit/test_kube_adapter.py records every call it makes
+# What the adapter declares it uses; tests/unit/cluster/test_kube_adapter.py records every call it makes
 # and checks that it is exactly this.
 CLUSTER_RULES = {key: set(verbs) for key, verbs in CLUSTER_ACCESS.items()}
 NAMESPACE_RULES = {key: set(verbs) for key, verbs in NAMESPACE_ACCESS.items()}

@@ -17,8 +17,8 @@ import yaml
 
 from tests.conftest import container, pod
 from tests.deploy.conftest import DEPLOY
-from webhook.catalogue import CatalogueIndex
-from webhook.convert import convert_documents
+from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.convert import convert_documents
 
 WEBHOOKS = [d for d in yaml.safe_load_all((DEPLOY / "base" / "webhooks.yaml").read_text("utf-8")) if d]
 POD_WEBHOOKS = [w for config in WEBHOOKS for w in config["webhooks"] if w["rules"][0]["resources"] == ["pods"]]

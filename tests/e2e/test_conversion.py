@@ -26,7 +26,7 @@ from tests.e2e.helpers import (
     wait_for,
     why_pending,
 )
-from webhook.quantity import parse_quantity
+from webhook.translate.quantity import parse_quantity
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import pytest
 
 from tests.e2e.controlplane import LOOPBACK, ControlPlane
 from tests.e2e.helpers import Kube, wait_for
-from webhook.claims import spec_hash
 from webhook.cluster import AlreadyExists, Conflict, EventType
 from webhook.cluster.informer import APIError
 from webhook.cluster.kube import KubeCluster
+from webhook.translate.claims import spec_hash
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import Kube, allocated_devices, attribute, device_index, pod, scheduled, wait_for, why_pending
-from webhook.quantity import parse_quantity
+from webhook.translate.quantity import parse_quantity
 
 pytestmark = pytest.mark.e2e
 

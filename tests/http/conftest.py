@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from tests.conftest import POLICIES
-from webhook.certs import ensure_dev_certs
+from webhook.certs.pki import ensure_dev_certs
 from webhook.cluster.memory import InMemoryCluster
-from webhook.server import Runtime, build_runtime, dev_cluster, uvicorn_server
-from webhook.settings import Settings
-from webhook.tls import server_ssl_context
+from webhook.serving.server import Runtime, build_runtime, dev_cluster, uvicorn_server
+from webhook.serving.settings import Settings
+from webhook.serving.tls import server_ssl_context
 
 
 @dataclass

@@ -10,8 +10,8 @@ import httpx
 from tests.admission.helpers import review
 from tests.conftest import POLICIES, container, pod
 from webhook.cluster.memory import InMemoryCluster
-from webhook.server import build_runtime
-from webhook.settings import Settings
+from webhook.serving.server import build_runtime
+from webhook.serving.settings import Settings
 
 
 class _Unsynced(InMemoryCluster):
@@ -36,8 +36,8 @@ def test_unsynced_caches_answer_503_so_the_failure_policy_decides() -> None:
 
 
 def test_an_internal_error_is_a_500_never_a_denial() -> None:
-    from webhook.http import create_app
-    from webhook.metrics import Metrics
+    from webhook.serving.http import create_app
+    from webhook.serving.metrics import Metrics
 
     def crash(_: Any) -> Any:
         raise RuntimeError("bug")

@@ -20,8 +20,8 @@ from tests.http.test_error_mapping import post
 from webhook.cluster.kube import RestTransport
 from webhook.cluster.memory import InMemoryCluster
 from webhook.inline import WouldBlock, deciding_inline, may_block
-from webhook.server import build_runtime
-from webhook.settings import Settings
+from webhook.serving.server import build_runtime
+from webhook.serving.settings import Settings
 
 
 class _ClusterWithIO(InMemoryCluster):
@@ -75,8 +75,8 @@ def test_a_decision_that_needs_a_write_moves_to_a_thread_and_is_recorded_once(tm
 
 
 def test_without_inline_decisions_every_one_runs_on_a_thread(tmp_path: Path) -> None:
-    from webhook.http import create_app
-    from webhook.metrics import Metrics
+    from webhook.serving.http import create_app
+    from webhook.serving.metrics import Metrics
 
     threads: list[str] = []
 

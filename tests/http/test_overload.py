@@ -14,10 +14,10 @@ import httpx
 from tests.admission.helpers import review
 from tests.conftest import POLICIES, container, pod
 from tests.http.conftest import free_port
-from webhook.certs import ensure_dev_certs
-from webhook.server import build_runtime, dev_cluster, uvicorn_server
-from webhook.settings import Settings
-from webhook.tls import server_ssl_context
+from webhook.certs.pki import ensure_dev_certs
+from webhook.serving.server import build_runtime, dev_cluster, uvicorn_server
+from webhook.serving.settings import Settings
+from webhook.serving.tls import server_ssl_context
 
 
 def test_requests_past_the_concurrency_limit_are_shed_with_503(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_requests_past_the_concurrency_limit_are_shed_with_503(tmp_path: Path) -
 def test_loop_lag_sees_a_loop_that_falls_behind() -> None:
     import asyncio
 
-    from webhook.http import LoopLag
+    from webhook.serving.http import LoopLag
 
     async def scenario() -> tuple[float, float]:
         lag, seen = LoopLag(interval=0.01), []
@@ -78,8 +78,8 @@ def test_loop_lag_sees_a_loop_that_falls_behind() -> None:
 
 def test_requests_are_shed_while_the_loop_runs_behind() -> None:
     from tests.http.test_error_mapping import post
-    from webhook.http import LoopLag, create_app
-    from webhook.metrics import Metrics
+    from webhook.serving.http import LoopLag, create_app
+    from webhook.serving.metrics import Metrics
 
     decided: list[str] = []
 

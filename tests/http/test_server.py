@@ -12,7 +12,7 @@ import pytest
 from tests.admission.helpers import review
 from tests.conftest import assert_valid, container, pod
 from tests.http.conftest import LiveServer
-from webhook.jsonpatch import apply
+from webhook.admission.jsonpatch import apply
 
 
 def test_mutate_round_trip_over_tls(live_server: LiveServer) -> None:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.certs import (
+from webhook.certs.pki import (
     CA_FILE,
     CERT_FILE,
     KEY_FILE,
@@ -39,7 +39,7 @@ from webhook.certs import (
     create_serving_cert,
     write_pair,
 )
-from webhook.tls import CertificateReloader, server_ssl_context
+from webhook.serving.tls import CertificateReloader, server_ssl_context
 
 T = TypeVar("T")
 

@@ -1,8 +1,8 @@
 """The layers, checked: which module may import what (as kopf checks its layers with import-linter).
 
 - the ``kubernetes`` client only in ``webhook/cluster/kube.py`` (the one port to the cluster);
-- FastAPI and Starlette only in ``webhook/http.py`` (the one HTTP layer);
-- celpy only in ``webhook/cel.py`` (CEL behind one module);
+- FastAPI and Starlette only in ``webhook/serving/http.py`` (the one HTTP layer);
+- celpy only in ``webhook/quota/cel.py`` (CEL behind one module);
 - the pure core imports none of those, nor the cluster port, the HTTP layer, the network, threads,
   the environment or the clock.
 """
@@ -16,14 +16,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "webhook"
 PURE_CORE = [
-    "quantity", "catalogue", "legacy", "claims", "rewrite", "jsonpatch", "deviceclasses", "convert",
-    "policy", "charge", "quota", "report", "review", "errors",
+    "translate/quantity", "translate/catalogue", "translate/legacy", "translate/claims", "translate/rewrite",
+    "admission/jsonpatch", "translate/deviceclasses", "translate/convert", "quota/policy", "quota/charge",
+    "quota/check", "audit/report", "admission/review", "errors",
 ]  # fmt: skip
-ONLY_IN = {"kubernetes": {"cluster/kube.py"}, "fastapi": {"http.py"}, "starlette": {"http.py"}, "celpy": {"cel.py"}}
+ONLY_IN = {
+    "kubernetes": {"cluster/kube.py"}, "fastapi": {"serving/http.py"}, "starlette": {"serving/http.py"},
+    "celpy": {"quota/cel.py"},
+}  # fmt: skip
 IMPURE = {
     "kubernetes", "fastapi", "starlette", "uvicorn", "httpx", "urllib3", "socket", "threading", "time",
-    "os", "subprocess", "logging", "webhook.cluster", "webhook.http", "webhook.server", "webhook.usage",
-    "webhook.enforcement", "webhook.audit", "webhook.settings",
+    "os", "subprocess", "logging", "webhook.cluster", "webhook.serving.http", "webhook.serving.server", "webhook.quota.usage",
+    "webhook.quota.enforcement", "webhook.audit.log", "webhook.serving.settings",
 }  # fmt: skip
 
 

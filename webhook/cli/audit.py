@@ -1,7 +1,7 @@
 """``dra-bridge audit``: read, filter, follow and summarise the decision log.
 
-Reads ``--file`` and its rotated files oldest first (``webhook.auditlog``); prints a table or JSON
-lines, or a per-tenant ``--summary`` (its figures are defined in ``webhook.auditlog``). Malformed
+Reads ``--file`` and its rotated files oldest first (``webhook.audit.reader``); prints a table or JSON
+lines, or a per-tenant ``--summary`` (its figures are defined in ``webhook.audit.reader``). Malformed
 lines go to stderr with file:line and are skipped; the exit code is 0 unless the log cannot be read.
 """
 
@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from webhook.auditlog import (
+from webhook.audit.reader import (
     OUTCOMES,
     Entry,
     Filter,
@@ -32,7 +32,7 @@ from webhook.auditlog import (
     summarise,
 )
 from webhook.cli.common import fail
-from webhook.quantity import format_quantity
+from webhook.translate.quantity import format_quantity
 
 DEFAULT_FILE = "/var/log/dra-bridge/audit.log"
 COLUMNS = ("TIME", "DECISION", "REASON", "TENANT", "OBJECT", "USER", "MESSAGE")

@@ -1,6 +1,6 @@
 """``dra-bridge certs create|ca-bundle|patch|rotate``: the webhook's certificates, by hand or on a schedule.
 
-A thin shell over :mod:`webhook.certs`; this module only reads and writes a certificate folder:
+A thin shell over :mod:`webhook.certs.pki`; this module only reads and writes a certificate folder:
 
 ==================  =====================================================================
 ``ca.crt``          the CA that signed ``tls.crt`` (what :func:`certs.write_pair` writes)
@@ -30,7 +30,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from webhook import certs
+from webhook.certs import pki as certs
 from webhook.cli.common import dump_yaml, fail
 
 CA_KEY_FILE = "ca.key"
@@ -517,7 +517,7 @@ def _persist(
 def write_ca_key(path: Path, ca: certs.KeyPair) -> None:
     """Persist a CA's private key (0600) after checking it belongs to the CA certificate.
 
-    ``webhook.certs`` deliberately writes only the CA *certificate* next to the serving files;
+    ``webhook.certs.pki`` deliberately writes only the CA *certificate* next to the serving files;
     keeping the key is this command's job (and belongs outside the cluster).
     """
     ca.validate()

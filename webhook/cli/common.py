@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from webhook.catalogue import CatalogueError, CatalogueIndex, load_catalogue
-from webhook.settings import default_policies_dir
+from webhook.serving.settings import default_policies_dir
+from webhook.translate.catalogue import CatalogueError, CatalogueIndex, load_catalogue
 
 
 def add_policies_flag(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_policies_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def load_index(args: argparse.Namespace) -> CatalogueIndex:
-    from webhook.server import catalogue_files
+    from webhook.serving.server import catalogue_files
 
     folder = args.policies or default_policies_dir()
     return CatalogueIndex(load_catalogue(catalogue_files(folder)))

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from webhook.catalogue import CatalogueError
 from webhook.cli.common import add_policies_flag, dump_yaml, fail, load_index
-from webhook.convert import convert_documents
+from webhook.translate.catalogue import CatalogueError
+from webhook.translate.convert import convert_documents
 
 
 def add_parser(commands: Any) -> None:

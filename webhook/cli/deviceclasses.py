@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any
 
-from webhook.catalogue import CatalogueError
 from webhook.cli.common import add_policies_flag, dump_yaml, fail, load_index
-from webhook.deviceclasses import render_device_classes
+from webhook.translate.catalogue import CatalogueError
+from webhook.translate.deviceclasses import render_device_classes
 
 
 def add_parser(commands: Any) -> None:

@@ -22,13 +22,13 @@ from typing import Any
 
 import yaml
 
-from webhook.catalogue import DEVICE_KINDS, CatalogueError, CatalogueIndex
-from webhook.charge import ZERO
 from webhook.cli.common import add_policies_flag, fail, load_index
 from webhook.cluster import ClusterPort
-from webhook.enforcement import QuotaEnforcer
-from webhook.policy import PolicyError, PolicySet, PolicySource, Tenant, build_policy_set, parse_policy_document
-from webhook.quantity import format_quantity, round_up
+from webhook.quota.charge import ZERO
+from webhook.quota.enforcement import QuotaEnforcer
+from webhook.quota.policy import PolicyError, PolicySet, PolicySource, Tenant, build_policy_set, parse_policy_document
+from webhook.translate.catalogue import DEVICE_KINDS, CatalogueError, CatalogueIndex
+from webhook.translate.quantity import format_quantity, round_up
 
 
 def add_parser(commands: Any) -> None:
@@ -130,7 +130,7 @@ def run_usage(args: argparse.Namespace, *, cluster: ClusterPort | None = None) -
     enforcer = QuotaEnforcer(cluster=cluster, catalogue=lambda: index.catalogue)
     enforcer.attach()
     if args.policies is not None:
-        from webhook.server import policy_files
+        from webhook.serving.server import policy_files
 
         for path in policy_files(args.policies):
             text = path.read_text(encoding="utf-8")

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from webhook.catalogue import CatalogueError
+from webhook.audit.report import build_report, render_html, render_table
 from webhook.cli.common import add_policies_flag, fail, load_index
 from webhook.cli.convert import read_documents
-from webhook.enforcement import PolicyStore
-from webhook.report import build_report, render_html, render_table
+from webhook.quota.enforcement import PolicyStore
+from webhook.translate.catalogue import CatalogueError
 
 
 def add_parser(commands: Any) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(err))
         labels = {}
         if args.policies is not None:
-            from webhook.server import policy_files
+            from webhook.serving.server import policy_files
 
             for path in policy_files(args.policies):
                 policies.on_configmap("ADDED", _as_configmap(path))

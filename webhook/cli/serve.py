@@ -32,8 +32,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webhook.server import serve
-    from webhook.settings import Settings
+    from webhook.serving.server import serve
+    from webhook.serving.settings import Settings
 
     overrides: dict[str, Any] = {}
     if args.dev:

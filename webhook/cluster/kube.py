@@ -38,7 +38,6 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
 from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
 from webhook.cluster.informer import (
     LIST_TIMEOUT,
@@ -63,6 +62,7 @@ from webhook.cluster.informer import (
 )
 from webhook.errors import ClusterError
 from webhook.inline import may_block
+from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL
 
 log = logging.getLogger("dra_bridge.cluster")
 

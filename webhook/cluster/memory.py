@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from webhook.claims import MANAGED_BY, MANAGED_BY_LABEL
 from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
 from webhook.cluster.informer import ClaimStore, slim_claim
+from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL
 
 
 class InMemoryCluster:

@@ -1,0 +1,90 @@
+"""The usage ledger at scale: the work per claim event and per decision does not grow with the cluster.
+
+Counted in operations, not seconds (no timing assertions): the number of reservations and
+observations a decision looks at stays bounded by what happened in its own namespaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhook.quota.charge import ClassResolver
+from webhook.quota.usage import UsageLedger
+from webhook.translate.catalogue import CatalogueIndex
+
+SPEC: dict[str, Any] = {
+    "devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]}
+}
+
+
+def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    for i in range(200):
+        ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
+    assert len(ledger._shapes) == 1
+    charges = {id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}
+    assert len(charges) == 1  # one object, shared
+    assert ledger.usage(["ns-0"]).devices == {"whole.nvidia.dra-bridge.io": 40}
+
+
+def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueIndex) -> None:
+    now = [1000.0]
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, wall_clock=lambda: now[0])
+    for i in range(1000):
+        ledger.observe(f"ns-{i % 100}", f"c{i}", SPEC)
+    committed, recent = ledger.committed(["ns-7"])
+    assert len(recent) == 10  # only this namespace's, not the cluster's
+    assert committed.claims == 10
+    now[0] += 31
+    assert ledger.committed(["ns-7"])[1] == []
+    # Every namespace is trimmed, not only the one read: nothing is left behind in quiet namespaces.
+    assert ledger.observation_count == 0 and ledger._observations == {}
+    ledger.observe("ns-1", "late", SPEC)
+    assert ledger.observation_count == 1 and ledger.claim_count == 1001
+
+
+def test_observations_are_not_kept_without_lease_coordination(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), track_observations=False)
+    for i in range(100):
+        ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
+    assert ledger.observation_count == 0 and ledger.committed(["ns-1"]) == (ledger.usage(["ns-1"]), [])
+    assert ledger.claim_count == 100
+    ledger.forget("ns-1", "c1")
+    assert ledger.claim_count == 99 and ledger.usage(["ns-1"]).claims == 9
+
+
+def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    for i in range(50):
+        ledger.observe("ns", f"c{i}", SPEC)
+    ledger.reprice(ClassResolver(index.catalogue, device_patterns=["whole.*"]))
+    assert ledger.usage(["ns"]).matched == {"whole.*": 100}
+    assert len({id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}) == 1
+
+
+def test_a_decision_does_not_walk_other_namespaces_reservations(index: CatalogueIndex, monkeypatch: Any) -> None:
+    from webhook.quota import charge as charge_module
+
+    now = [0.0]
+    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, clock=lambda: now[0])
+    one = charge_module.Charge(devices={"x": 1}, claims=1)
+    for i in range(5000):  # in flight elsewhere, never confirmed yet
+        ledger.admit(
+            namespace=f"other-{i}", namespaces=[f"other-{i}"], requested=one, fits=lambda _: True, reserve=True
+        )
+    additions = 0
+    original = charge_module.Charge._combine
+
+    def counting(self: Any, other: Any, sign: int) -> Any:
+        nonlocal additions
+        additions += 1
+        return original(self, other, sign)
+
+    monkeypatch.setattr(charge_module.Charge, "_combine", counting)
+    ok, usage = ledger.admit(namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True)
+    assert ok and usage.claims == 0
+    assert additions <= 3  # the namespace's claims and reservations, and the new reservation
+    monkeypatch.undo()
+    assert ledger.reservation_count == 5001
+    now[0] += 31
+    assert ledger.reservation_count == 0 and ledger.usage(["other-7"]).claims == 0

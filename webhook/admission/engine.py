@@ -1,0 +1,365 @@
+"""The admission engine: an AdmissionRequest in, a ``Decision`` out, no HTTP.
+
+``Admission.mutate`` rewrites legacy GPU requests on Pod CREATE; ``Admission.validate`` refuses
+objects that must not be stored. Business code raises; ``_decide`` is the one place that maps the
+error hierarchy to verdicts: a ``Denial`` is a refusal with the user's message, anything else
+propagates so the HTTP layer answers with an error and the cluster's failurePolicy decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from webhook.admission.jsonpatch import diff
+from webhook.admission.review import AdmissionRequest, AdmissionResponse, allowed, denied, patched
+from webhook.admission.templates import TemplateProvisioner
+from webhook.cluster import ClusterPort
+from webhook.errors import Denial, MalformedReview, NotReady, TranslationError
+from webhook.quota.enforcement import QuotaEnforcer, QuotaResult
+from webhook.quota.policy import POLICY_KEY, POLICY_LABEL, PolicyError, PolicySource
+from webhook.translate.catalogue import CATALOGUE_KEY, CATALOGUE_LABEL, CatalogueError, CatalogueIndex, parse_document
+from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, spec_hash
+from webhook.translate.rewrite import Conversion, opted_out, rewrite_pod
+
+Outcome = Literal["allowed", "patched", "denied"]
+MAX_WARNING = 120
+
+
+@dataclass(frozen=True)
+class QuotaFigure:
+    """One quota dimension of a decision: what was asked, what was in use, the limit, who set it."""
+
+    dimension: str  # "devices/<class>", "memory", "compute", "claims", "perPod.memory", ...
+    requested: str
+    used: str
+    limit: str
+    policy: str  # ConfigMap name and version that set the limit
+    exceeded: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the webhook decided and why: the response plus the facts metrics and audit need.
+    ``webhook.audit.log`` turns these facts into the response's ``auditAnnotations``."""
+
+    webhook: Literal["mutate", "validate"]
+    response: AdmissionResponse
+    outcome: Outcome
+    reason: str  # a short machine code: converted, no-legacy-request, opt-out, invalid-request, ...
+    message: str = ""
+    conversions: tuple[Conversion, ...] = ()
+    templates_created: tuple[str, ...] = ()
+    tenant: str | None = None
+    quota: tuple[QuotaFigure, ...] = ()
+    policy_version: str | None = None  # the active policy set's version (resourceVersions or a hash)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    leave_native: bool = True  # KEP-5004: leave names a DeviceClass serves natively, and warn
+    require_conversion: bool = True  # validate: refuse Pods that still carry convertible legacy requests
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        cluster: ClusterPort,
+        catalogue: Callable[[], CatalogueIndex],
+        settings: AdmissionSettings | None = None,
+        provisioner: TemplateProvisioner | None = None,
+        quota: QuotaEnforcer | None = None,
+        catalogue_documents: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._catalogue = catalogue
+        self._settings = settings or AdmissionSettings()
+        self.templates = provisioner or TemplateProvisioner(cluster)
+        self.quota = quota
+        self._catalogue_documents = catalogue_documents or (lambda: [])
+
+    # -- mutate ------------------------------------------------------------------------------
+    def mutate(self, request: AdmissionRequest) -> Decision:
+        return _decide("mutate", request, self._mutate, tenant=lambda: self._tenant_name(request.namespace))
+
+    def _mutate(self, request: AdmissionRequest) -> Decision:
+        if request.kind.kind != "Pod" or request.operation != "CREATE" or request.sub_resource:
+            return _allow("mutate", request, "not-a-pod-create")
+        pod = _object(request)
+        namespace = request.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+        self._require_ready()
+        if self._skipped(pod, namespace):
+            return _allow("mutate", request, "opt-out")
+        native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
+        plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
+        warnings = [_short(f"dra-bridge: {w}") for w in plan.warnings]
+        if not plan.changed:
+            reason = "native-extended-resource" if plan.warnings else "no-legacy-request"
+            return _allow("mutate", request, reason, warnings=warnings)
+        created = tuple(
+            t["metadata"]["name"] for t in plan.templates if self.templates.ensure(t, dry_run=request.dry_run)
+        )
+        patch = diff(pod, plan.pod)
+        for c in plan.conversions:
+            legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
+            warnings.append(_short(f"dra-bridge: {c.container}: {legacy} -> {c.summary}"))
+        return Decision(
+            webhook="mutate",
+            response=patched(request.uid, patch, warnings=warnings),
+            outcome="patched",
+            reason="converted",
+            message="; ".join(f"{c.container}: {c.summary}" for c in plan.conversions),
+            conversions=plan.conversions,
+            templates_created=created,
+            tenant=self._tenant_name(namespace),
+        )
+
+    def _tenant_name(self, namespace: str) -> str | None:
+        """The tenant a namespace belongs to, for the audit log and metrics (None without a policy)."""
+        if self.quota is None or not namespace:
+            return None
+        tenant = self.quota.tenant_of(namespace)
+        return tenant.name if tenant is not None else None
+
+    def _require_ready(self) -> None:
+        """Never decide from caches that have not synced: the failurePolicy decides instead."""
+        ready, detail = self._cluster.ready()
+        if not ready:
+            raise NotReady(f"caches have not synced yet ({detail})")
+
+    def _skipped(self, pod: dict[str, Any], namespace: str) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels")
+        return opted_out(labels) or opted_out(self._cluster.namespace_labels(namespace))
+
+    # -- validate ----------------------------------------------------------------------------
+    def validate(self, request: AdmissionRequest) -> Decision:
+        return _decide("validate", request, self._validate, tenant=lambda: self._tenant_name(request.namespace))
+
+    def _validate(self, request: AdmissionRequest) -> Decision:
+        kind = request.kind.kind
+        if request.operation not in ("CREATE", "UPDATE") or request.sub_resource:
+            return _allow("validate", request, "not-checked")
+        if kind in ("Pod", "ResourceClaim", "ResourceClaimTemplate", "ConfigMap"):
+            self._require_ready()
+        if kind == "Pod" and request.operation == "CREATE":
+            return self._validate_pod(request)
+        if kind == "ResourceClaim" and request.operation == "CREATE":
+            return self._validate_claim(request)
+        if kind == "ResourceClaimTemplate":
+            return self._validate_template(request)
+        if kind == "ConfigMap":
+            return self._validate_configmap(request)
+        return _allow("validate", request, "not-checked")
+
+    def _validate_pod(self, request: AdmissionRequest) -> Decision:
+        pod = _object(request)
+        namespace = _namespace(request, pod)
+        if self._skipped(pod, namespace):
+            return _allow("validate", request, "opt-out")
+        if self._settings.require_conversion:
+            native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
+            plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
+            if plan.changed:
+                names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
+                raise Unconverted(
+                    f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA "
+                    "claims; the mutating webhook did not run. Retry, or label the Pod dra-bridge.io/ignore=true "
+                    "to keep them"
+                )
+        if self.quota is None:
+            return _allow("validate", request, "no-legacy-request")
+        specs = []
+        for claim in (pod.get("spec") or {}).get("resourceClaims") or []:
+            name = claim.get("resourceClaimTemplateName")
+            template = self._cluster.get_template(namespace, name) if name else None
+            if template is not None:
+                specs.append((template.get("spec") or {}).get("spec") or {})
+        result = self.quota.check_static(
+            namespace=namespace, claim_specs=specs, scope="pod", rule_input=_rule_base(request, pod=pod)
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _validate_claim(self, request: AdmissionRequest) -> Decision:
+        claim = _object(request)
+        if self.quota is None:
+            return _allow("validate", request, "no-policy")
+        result = self.quota.check_claim(
+            namespace=_namespace(request, claim),
+            claim_spec=claim.get("spec") or {},
+            rule_input=_rule_base(request, claim=claim),
+            dry_run=request.dry_run,
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _validate_template(self, request: AdmissionRequest) -> Decision:
+        template = _object(request)
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        claim_spec = (template.get("spec") or {}).get("spec") or {}
+        if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SPEC_HASH_LABEL) != spec_hash(claim_spec):
+            raise TemplateTampered(
+                f"ResourceClaimTemplate {request.namespace}/{request.object_name} is managed by dra-bridge and named "
+                "after its content; its spec cannot differ from its dra-bridge.io/spec-hash label. "
+                "Remove the app.kubernetes.io/managed-by label to manage it yourself"
+            )
+        if self.quota is None:
+            return _allow("validate", request, "no-policy")
+        result = self.quota.check_static(
+            namespace=_namespace(request, template),
+            claim_specs=[claim_spec],
+            scope="template",
+            rule_input=_rule_base(request, claim={"metadata": template.get("metadata") or {}, "spec": claim_spec}),
+        )
+        return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _validate_configmap(self, request: AdmissionRequest) -> Decision:
+        """Policy and catalogue ConfigMaps are refused when the admin saves a malformed one."""
+        configmap = _object(request)
+        meta = configmap.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        data = configmap.get("data") or {}
+        name = request.name or str(meta.get("name", ""))
+        if labels.get(POLICY_LABEL) == "true":
+            if POLICY_KEY not in data:
+                raise InvalidPolicy(f"ConfigMap {name}: a policy ConfigMap needs the data key {POLICY_KEY!r}")
+            if self.quota is not None:
+                try:
+                    self.quota.policies.validate(PolicySource(name=name, version="proposed"), str(data[POLICY_KEY]))
+                except PolicyError as err:
+                    raise InvalidPolicy(f"policy rejected: {err}") from None
+            return _allow("validate", request, "policy-valid")
+        if labels.get(CATALOGUE_LABEL) == "true":
+            if CATALOGUE_KEY not in data:
+                raise InvalidPolicy(f"ConfigMap {name}: a catalogue ConfigMap needs the data key {CATALOGUE_KEY!r}")
+            from webhook.translate.catalogue import build_catalogue
+
+            try:
+                proposed = parse_document(str(data[CATALOGUE_KEY]), origin=f"ConfigMap {name}")
+                build_catalogue([*self._catalogue_documents(), proposed])
+            except CatalogueError as err:
+                raise InvalidPolicy(f"catalogue rejected: {err}") from None
+            return _allow("validate", request, "catalogue-valid")
+        return _allow("validate", request, "not-checked")
+
+    def _quota_decision(self, request: AdmissionRequest, result: QuotaResult, *, allowed_reason: str) -> Decision:
+        figures = tuple(
+            QuotaFigure(
+                dimension=f.dimension,
+                requested=f.requested,
+                used=f.used,
+                limit=f.limit,
+                policy=f.policy,
+                exceeded=f.exceeded,
+            )
+            for f in result.figures
+        )
+        tenant = result.tenant.name if result.tenant else None
+        if result.denied:
+            return Decision(
+                webhook="validate",
+                response=denied(request.uid, result.message, reason="Forbidden", code=403),
+                outcome="denied",
+                reason="quota-exceeded",
+                message=result.message,
+                tenant=tenant,
+                quota=figures,
+                policy_version=result.policy_version,
+            )
+        reason = allowed_reason if result.tenant is not None else "no-tenant-policy"
+        return Decision(
+            webhook="validate",
+            response=allowed(request.uid),
+            outcome="allowed",
+            reason=reason,
+            tenant=tenant,
+            quota=figures,
+            policy_version=result.policy_version,
+        )
+
+
+class Unconverted(Denial):
+    reason = "Forbidden"
+    code = 403
+
+
+class TemplateTampered(Denial):
+    reason = "Forbidden"
+    code = 403
+
+
+class InvalidPolicy(Denial):
+    reason = "Invalid"
+    code = 422
+
+
+def _namespace(request: AdmissionRequest, obj: dict[str, Any]) -> str:
+    return request.namespace or (obj.get("metadata") or {}).get("namespace") or "default"
+
+
+def _rule_base(
+    request: AdmissionRequest, *, pod: dict[str, Any] | None = None, claim: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The variables a CEL rule sees besides ``tenant``: the claim, the Pod, the request."""
+    claim_view = {}
+    if claim is not None:
+        meta = claim.get("metadata") or {}
+        claim_view = {
+            "name": meta.get("name") or meta.get("generateName") or "",
+            "labels": meta.get("labels") or {},
+            "spec": claim.get("spec") or {},
+        }
+    return {
+        "claim": claim_view,
+        "pod": pod,
+        "request": {
+            "user": request.user_info.username,
+            "groups": list(request.user_info.groups),
+            "namespace": request.namespace,
+            "operation": request.operation,
+            "kind": request.kind.kind,
+        },
+    }
+
+
+def _object(request: AdmissionRequest) -> dict[str, Any]:
+    if request.object is None:
+        raise MalformedReview(f"request.object is required for {request.operation} of {request.kind.kind}")
+    return request.object
+
+
+def _allow(
+    webhook: Literal["mutate", "validate"], request: AdmissionRequest, reason: str, *, warnings: list[str] | None = None
+) -> Decision:
+    return Decision(webhook=webhook, response=allowed(request.uid, warnings=warnings), outcome="allowed", reason=reason)
+
+
+def _decide(
+    webhook: Literal["mutate", "validate"],
+    request: AdmissionRequest,
+    handler: Callable[[AdmissionRequest], Decision],
+    *,
+    tenant: Callable[[], str | None],
+) -> Decision:
+    try:
+        return handler(request)
+    except Denial as err:
+        reason = "invalid-request" if isinstance(err, TranslationError) else _code(type(err).__name__)
+        return Decision(
+            webhook=webhook,
+            response=denied(request.uid, str(err), reason=err.reason, code=err.code),
+            outcome="denied",
+            reason=reason,
+            message=str(err),
+            tenant=tenant(),
+        )
+
+
+def _code(name: str) -> str:
+    """``TemplateConflict`` -> ``template-conflict``."""
+    return "".join(f"-{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("-")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 3] + "..."

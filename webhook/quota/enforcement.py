@@ -1,0 +1,291 @@
+"""Quota enforcement: the live policy set, usage, and the checks for claims, templates and Pods.
+
+``PolicyStore`` keeps the last good document of every policy ConfigMap (a bad edit never replaces
+it; the error shows in ``/readyz``, a metric and the log). ``QuotaEnforcer`` joins the store, the
+usage ledger and the tenant index, and answers the admission engine's questions. The tenant index
+(namespace -> tenant) is rebuilt only when the policy or the namespaces change, so a decision costs
+a few dict lookups and the sum over the tenant's namespaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webhook.cluster import ClusterPort, EventType
+from webhook.quota.charge import ZERO, Charge, ClassResolver, basis, charge
+from webhook.quota.check import Figure, Scope, check, violations
+from webhook.quota.coordination import LeaseCoordinator
+from webhook.quota.policy import (
+    POLICY_KEY,
+    PolicyError,
+    PolicySet,
+    PolicySource,
+    QuotaPolicy,
+    Tenant,
+    build_policy_set,
+    parse_policy_document,
+)
+from webhook.quota.usage import UsageLedger
+from webhook.translate.catalogue import Catalogue
+
+log = logging.getLogger("dra_bridge.quota")
+
+
+class PolicyStore:
+    """Policy documents by ConfigMap name; the merged set is rebuilt on every change."""
+
+    def __init__(self, *, on_change: Callable[[PolicySet], None] | None = None) -> None:
+        self._documents: dict[str, tuple[PolicySource, QuotaPolicy]] = {}
+        self._errors: dict[str, str] = {}
+        self._current = PolicySet()
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self.synced = False
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    @property
+    def current(self) -> PolicySet:
+        return self._current
+
+    @property
+    def errors(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._errors)
+
+    def put(self, source: PolicySource, text: str) -> None:
+        """A document was added or edited; a bad one keeps the last good version of that name."""
+        with self._lock:
+            try:
+                policy = parse_policy_document(text, origin=source.name)
+                candidate = {**self._documents, source.name: (source, policy)}
+                merged = build_policy_set([candidate[k] for k in sorted(candidate)])
+            except PolicyError as err:
+                self._errors[source.name] = str(err)
+                self.reloads_failed += 1
+                log.error("policy %s rejected, the last good version stays active: %s", source, err)
+                return
+            self._documents = candidate
+            self._errors.pop(source.name, None)
+            self._current = merged
+            self.reloads_ok += 1
+            log.info("policy %s loaded; active policy version %s", source, merged.version)
+        if self._on_change is not None:
+            self._on_change(merged)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._errors.pop(name, None)
+            if name not in self._documents:
+                return
+            remaining = {k: v for k, v in self._documents.items() if k != name}
+            merged = build_policy_set([remaining[k] for k in sorted(remaining)])
+            self._documents, self._current = remaining, merged
+        if self._on_change is not None:
+            self._on_change(merged)
+
+    def validate(self, source: PolicySource, text: str) -> None:
+        """Would this document be accepted alongside the others? Raises ``PolicyError`` if not."""
+        policy = parse_policy_document(text, origin=source.name)
+        with self._lock:
+            candidate = {**self._documents, source.name: (source, policy)}
+        build_policy_set([candidate[k] for k in sorted(candidate)])
+
+    def on_configmap(self, event: EventType, configmap: dict[str, Any]) -> None:
+        meta = configmap.get("metadata") or {}
+        name = str(meta.get("name"))
+        if event == "DELETED":
+            self.remove(name)
+            return
+        data = configmap.get("data") or {}
+        source = PolicySource(name=name, version=str(meta.get("resourceVersion", "?")))
+        if POLICY_KEY not in data:
+            with self._lock:
+                self._errors[name] = f"{name}: ConfigMap has no data key {POLICY_KEY!r}"
+            return
+        self.put(source, str(data[POLICY_KEY]))
+
+
+@dataclass(frozen=True)
+class QuotaResult:
+    tenant: Tenant | None
+    figures: tuple[Figure, ...]
+    denied: tuple[Figure, ...]
+    policy_version: str
+
+    @property
+    def message(self) -> str:
+        return "; ".join(f.message for f in self.denied)
+
+
+class QuotaEnforcer:
+    def __init__(
+        self,
+        *,
+        cluster: ClusterPort,
+        catalogue: Callable[[], Catalogue],
+        reservation_ttl: float = 30.0,
+        coordination: Literal["local", "lease"] = "local",
+        namespace: str = "dra-bridge",
+        replica: str = "local",
+    ) -> None:
+        self._cluster = cluster
+        self._catalogue = catalogue
+        self.policies = PolicyStore(on_change=self._policy_changed)
+        self.ledger = UsageLedger(
+            classes=self._resolver(PolicySet()),
+            reservation_ttl=reservation_ttl,
+            track_observations=coordination == "lease",  # only the Lease coordinator matches them
+        )
+        self._index_lock = threading.Lock()
+        self._index_key: tuple[str, int] | None = None
+        self._tenant_namespaces: dict[str, tuple[str, ...]] = {}
+        self.coordinator = (
+            LeaseCoordinator(cluster, self.ledger, namespace=namespace, replica=replica, ttl=reservation_ttl)
+            if coordination == "lease"
+            else None
+        )
+
+    # -- wiring ------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Subscribe to the cluster's claims and policy ConfigMaps (before ``cluster.start``)."""
+        self._cluster.watch("resourceclaims", self.on_claim)
+        self._cluster.watch("policy-configmaps", self.policies.on_configmap)
+
+    def on_claim(self, event: EventType, claim: dict[str, Any]) -> None:
+        meta = claim.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        if event == "DELETED":
+            self.ledger.forget(namespace, name)
+        else:
+            self.ledger.observe(namespace, name, claim.get("spec") or {})
+
+    def _resolver(self, policy_set: PolicySet) -> ClassResolver:
+        declared = {name: facts.memory for name, facts in policy_set.classes.items()}
+        patterns = {p for t in (*policy_set.tenants, policy_set.default) if t is not None for p in t.limits.devices}
+        return ClassResolver(self._catalogue(), declared_memory=declared, device_patterns=patterns)
+
+    def _policy_changed(self, policy_set: PolicySet) -> None:
+        self.ledger.reprice(self._resolver(policy_set))
+        with self._index_lock:
+            self._index_key = None
+
+    # -- tenants -----------------------------------------------------------------------------
+    def tenant_of(self, namespace: str) -> Tenant | None:
+        return self.policies.current.tenant_for(namespace, self._cluster.namespace_labels(namespace))
+
+    def namespaces_of(self, tenant: Tenant, namespace: str) -> tuple[str, ...]:
+        """The namespaces whose usage counts for ``tenant``; a default tenant is one namespace."""
+        if tenant.is_default:
+            return (namespace,)
+        found = self.members(tenant)
+        return found if namespace in found else (*found, namespace)
+
+    def members(self, tenant: Tenant) -> tuple[str, ...]:
+        """The known namespaces of a (non-default) tenant, from an index rebuilt only on change."""
+        policy_set = self.policies.current
+        key = (policy_set.version, self._cluster.namespace_generation)
+        with self._index_lock:
+            if key != self._index_key:
+                grouped: dict[str, list[str]] = {}
+                for ns, labels in self._cluster.namespaces().items():
+                    owner = policy_set.tenant_for(ns, labels)
+                    if owner is not None and not owner.is_default:
+                        grouped.setdefault(owner.name, []).append(ns)
+                self._tenant_namespaces = {k: tuple(sorted(v)) for k, v in grouped.items()}
+                self._index_key = key
+            return self._tenant_namespaces.get(tenant.name, ())
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_claim(
+        self, *, namespace: str, claim_spec: Mapping[str, Any], rule_input: dict[str, Any], dry_run: bool
+    ) -> QuotaResult:
+        """A ResourceClaim being created: charged against the tenant's totals, reserved if it fits."""
+        tenant = self.tenant_of(namespace)
+        version = self.policies.current.version
+        if tenant is None:
+            return QuotaResult(None, (), (), version)
+        requested = charge(basis(claim_spec), classes=self.ledger.classes)
+        namespaces = self.namespaces_of(tenant, namespace)
+        figures: list[Figure] = []
+
+        def fits(usage: Charge) -> bool:
+            figures[:] = check(
+                requested,
+                tenant=tenant,
+                usage=usage,
+                scope="claim",
+                rule_input=self._rule_input(rule_input, tenant, usage, requested) if tenant.rules else None,
+            )
+            return not violations(figures)
+
+        if self.coordinator is not None:  # two or more replicas: serialise through the tenant's Lease
+            self.coordinator.admit(
+                tenant=tenant.name,
+                namespace=namespace,
+                namespaces=namespaces,
+                requested=requested,
+                fits=fits,
+                reserve=not dry_run,
+            )
+        else:
+            self.ledger.admit(
+                namespace=namespace, namespaces=namespaces, requested=requested, fits=fits, reserve=not dry_run
+            )
+        return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
+
+    def check_static(
+        self, *, namespace: str, claim_specs: list[Mapping[str, Any]], scope: Scope, rule_input: dict[str, Any]
+    ) -> QuotaResult:
+        """A template (static checks) or a Pod (the claims its templates will produce): never reserved."""
+        tenant = self.tenant_of(namespace)
+        version = self.policies.current.version
+        if tenant is None or not claim_specs:
+            return QuotaResult(tenant, (), (), version)
+        per_claim = tuple(charge(basis(spec), classes=self.ledger.classes) for spec in claim_specs)
+        total = sum(per_claim, ZERO)
+        usage = self.ledger.usage(self.namespaces_of(tenant, namespace)) if scope == "pod" else ZERO
+        figures = check(
+            total,
+            tenant=tenant,
+            usage=usage,
+            scope=scope,
+            per_claim=per_claim,
+            rule_input=self._rule_input(rule_input, tenant, usage, total) if tenant.rules else None,
+        )
+        return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
+
+    @staticmethod
+    def _rule_input(base: dict[str, Any], tenant: Tenant, usage: Charge, requested: Charge) -> dict[str, Any]:
+        limits = tenant.limits
+        return {
+            **base,
+            "claim": {**base.get("claim", {}), "charge": requested.as_cel()},
+            "tenant": {
+                "name": tenant.name,
+                "usage": usage.as_cel(),
+                "limits": {
+                    "memory": int(limits.memory) if limits.memory is not None else None,
+                    "compute": int(limits.compute) if limits.compute is not None else None,
+                    "claims": limits.claims,
+                    "devices": dict(limits.devices),
+                },
+            },
+        }
+
+    # -- readiness ---------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        cluster_ready, detail = self._cluster.ready()
+        errors = self.policies.errors
+        out: dict[str, Any] = {
+            "cluster": detail,
+            "policyVersion": self.policies.current.version,
+            "claimsCached": self.ledger.claim_count,
+        }
+        if errors:
+            out["policyErrors"] = errors
+        return cluster_ready, out

@@ -1,0 +1,227 @@
+"""The HTTP layer: the only module that knows FastAPI.
+
+It caps the body, checks the content type, decodes the AdmissionReview envelope, echoes the uid,
+times the decision and counts it. The audit record is written by the handler (``AuditLog.audited``)
+before the decision comes back here, so an unrecordable decision is answered with 500. A malformed request gets 400
+with a message that names what is wrong; an internal failure gets 500 so the cluster's
+failurePolicy decides; user input never causes a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
+
+from webhook.admission.engine import Decision
+from webhook.admission.review import AdmissionRequest, AdmissionReview, review_response
+from webhook.errors import AuditWriteError, MalformedReview, NotReady
+from webhook.inline import WouldBlock, deciding_inline
+from webhook.serving.metrics import Metrics
+
+log = logging.getLogger("dra_bridge.http")
+
+DEFAULT_MAX_BODY = 3 * 1024 * 1024  # the apiserver sends objects up to ~1.5 MiB, twice for UPDATE
+Handler = Callable[[AdmissionRequest], Decision]
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class LoopLag:
+    """How far behind the event loop runs: a timer due every ``interval`` seconds notes how late it
+    fired. Decisions run on the loop, so when requests arrive faster than they are decided this is
+    about how long a request arriving now waits before its handler starts."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.seconds = 0.0  # the lateness measured last
+        self._due: float | None = None  # when the timer should fire next (loop clock = time.monotonic)
+
+    def behind(self) -> float:
+        """The lag measured last, or how overdue the timer is now if that is more: inside one long
+        stretch of work the loop falls further behind before the timer can say so."""
+        overdue = time.monotonic() - self._due if self._due is not None else 0.0
+        return max(self.seconds, overdue)
+
+    async def run(self, on_measure: Callable[[float], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._due = loop.time() + self.interval
+                await asyncio.sleep(self.interval)
+                self.seconds = max(0.0, loop.time() - self._due)
+                if on_measure is not None:
+                    on_measure(self.seconds)
+        finally:
+            self._due = None
+
+
+def create_app(
+    *,
+    mutate: Handler,
+    validate: Handler,
+    metrics: Metrics,
+    readiness: Readiness,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    threads: int = 16,
+    inline: bool = True,
+    shed_after: float | None = 1.0,
+    lag: LoopLag | None = None,
+) -> FastAPI:
+    # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
+    # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
+    # needs the cluster (a template to create, the quota Lease) stops at its first API call and runs
+    # again on a plain executor (starlette's run_in_threadpool cost a fifth more again: bench/).
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decide")
+
+    # Overload: once requests wait longer than ``shed_after`` seconds for the loop, they are answered
+    # 503 at once (the failurePolicy decides, as it would after the apiserver's 3-5 s timeout) so the
+    # backlog drains instead of being decided after its caller gave up (bench/: an open-model rate near
+    # capacity). The lag is measured while the server runs (its lifespan).
+    lag = lag or LoopLag()
+
+    def measured(seconds: float) -> None:
+        metrics.loop_lag.set(value=seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        monitor = asyncio.create_task(lag.run(measured))
+        try:
+            yield
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            executor.shutdown(wait=False)
+
+    app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest) -> Decision:
+        if inline:
+            try:
+                with deciding_inline():
+                    return handler(admission_request)
+            except WouldBlock:
+                metrics.moved_to_thread.inc(webhook)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, context.run, handler, admission_request)
+
+    async def review(request: Request, webhook: Literal["mutate", "validate"], handler: Handler) -> Response:
+        started = time.perf_counter()
+        behind = lag.behind()
+        if shed_after is not None and behind > shed_after:
+            metrics.rejected_requests.inc("overloaded")
+            return JSONResponse(
+                {
+                    "message": f"overloaded: requests wait {behind:.1f}s before they are decided "
+                    f"(limit {shed_after:g}s); the webhook's failurePolicy applies"
+                },
+                status_code=503,
+            )
+        try:
+            admission_request = await _read_review(request, max_body_bytes)
+        except _BadRequest as bad:
+            metrics.rejected_requests.inc(bad.reason)
+            return JSONResponse({"message": bad.message}, status_code=bad.status)
+        try:
+            decision = await decide(webhook, handler, admission_request)
+        except MalformedReview as err:
+            metrics.rejected_requests.inc("malformed-review")
+            return JSONResponse({"message": str(err)}, status_code=400)
+        except AuditWriteError:
+            log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
+            metrics.audit_write_failures.inc(webhook)
+            metrics.decisions.inc(webhook, "error", "audit-write-failed", "")
+            return JSONResponse(
+                {"message": "the decision could not be recorded; the webhook's failurePolicy applies"}, status_code=500
+            )
+        except NotReady as err:
+            metrics.decisions.inc(webhook, "error", "not-ready", "")
+            return JSONResponse({"message": f"not ready: {err}; the webhook's failurePolicy applies"}, status_code=503)
+        except Exception:
+            log.exception("internal error deciding %s uid=%s", webhook, admission_request.uid)
+            metrics.decisions.inc(webhook, "error", "internal-error", "")
+            return JSONResponse({"message": "internal error; the webhook's failurePolicy applies"}, status_code=500)
+        elapsed = time.perf_counter() - started
+        metrics.decisions.inc(webhook, decision.outcome, decision.reason, decision.tenant or "")
+        metrics.latency.observe(elapsed, webhook)
+        for conversion in decision.conversions:
+            for legacy_name in conversion.legacy:
+                metrics.conversions.inc(legacy_name)
+        if decision.templates_created:
+            metrics.templates_created.inc(amount=len(decision.templates_created))
+        return JSONResponse(review_response(decision.response))
+
+    async def mutate_endpoint(request: Request) -> Response:
+        return await review(request, "mutate", mutate)
+
+    async def validate_endpoint(request: Request) -> Response:
+        return await review(request, "validate", validate)
+
+    # Plain routes: the endpoints take the raw request and validate the envelope themselves, so
+    # FastAPI's per-request dependency solving would be work for nothing (a tenth of a small Pod's
+    # mutate, in process).
+    app.add_route("/mutate", mutate_endpoint, methods=["POST"])
+    app.add_route("/validate", validate_endpoint, methods=["POST"])
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready, detail = readiness()
+        metrics.ready.set(value=1.0 if ready else 0.0)
+        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _read_review(request: Request, limit: int) -> AdmissionRequest:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise _BadRequest(400, "content-type", f"Content-Type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BadRequest(413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _BadRequest(400, "malformed-json", f"body is not JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise _BadRequest(400, "malformed-review", "body must be a JSON object (an AdmissionReview)")
+    try:
+        review = AdmissionReview.model_validate(document)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _BadRequest(
+            400, "malformed-review", f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}"
+        ) from None
+    if review.request is None:
+        raise _BadRequest(400, "malformed-review", "AdmissionReview has no request")
+    return review.request

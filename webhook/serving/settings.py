@@ -1,0 +1,57 @@
+"""Configuration of the server, from flags or ``DRA_BRIDGE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def default_policies_dir() -> Path:
+    """``./policies`` when run from a checkout or the image's work dir, else the one beside the package."""
+    local = Path("policies")
+    return local if local.is_dir() else REPO_POLICIES
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRA_BRIDGE_", extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8443, ge=1, le=65535)
+    cert_dir: Path = Path("/etc/dra-bridge/tls")
+    client_ca_file: Path | None = None  # verify the apiserver's client certificate when set
+    policies_dir: Path = Field(default_factory=default_policies_dir)
+    namespace: str = "dra-bridge"  # where policy and catalogue ConfigMaps live
+    max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    template_gc_grace_seconds: float = Field(default=3600.0, ge=0)
+    template_gc_interval_seconds: float = Field(default=300.0, gt=0)
+    cert_reload_interval_seconds: float = Field(default=5.0, gt=0)
+    quota_coordination: Literal["local", "lease"] = "lease"  # lease: exact across replicas (one write per claim)
+    quota_reservation_ttl_seconds: float = Field(default=30.0, gt=0)
+    replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
+    leave_native_extended_resources: bool = True
+    require_conversion: bool = True
+    audit_file: str = "/var/log/dra-bridge/audit.log"  # "-": JSON lines on stdout, for log collectors
+    audit_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    audit_max_files: int = Field(default=10, ge=0)  # rotated files kept beside the current one
+    audit_fsync: bool = False
+    # Collect and freeze long-lived objects once synced, then again at this interval (webhook/serving/collector.py);
+    # 0 leaves the interpreter's collector as it is.
+    gc_settle_interval_seconds: float = Field(default=600.0, ge=0)
+    dev: bool = False
+    log_level: str = "info"
+    workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
+    # A memory bound: past this many open connections or requests in flight, new requests get 503.
+    # Unbounded, an overload held 1.4 GiB (bench/). uvicorn counts idle keep-alive connections too,
+    # and Go clients open several per request in flight when a burst starts (vegeta: 170 for 32
+    # workers), so this stays well above what a healthy replica sees; shed_after_seconds sheds first.
+    max_concurrency: int = Field(default=2048, ge=1)
+    # Requests are shed with 503 while the event loop runs this many seconds behind (webhook/serving/http.py):
+    # below the apiserver's 3 s mutate timeout, so what is still decided is still awaited. 0: never.
+    shed_after_seconds: float = Field(default=1.0, ge=0)
