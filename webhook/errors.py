@@ -1,13 +1,20 @@
-"""The error hierarchy, and the one place that maps it to admission verdicts.
+"""The error hierarchy, and the one place that maps it to admission verdicts and HTTP statuses.
 
-Business code raises; ``webhook.admission.engine`` turns the exception into a response:
+Business code raises; nothing else decides what an error means to the caller:
 
-- ``MalformedReview``  -> HTTP 400 (the request itself is not an AdmissionReview we can read)
-- ``Denial`` subclasses -> ``allowed: false`` with a message for the user (their input or quota)
-- anything else        -> an error response; the cluster's failurePolicy decides
+- ``Denial`` subclasses -> ``allowed: false`` with a message for the user (their input or quota),
+  with the admission status ``reason``/``code`` each class declares (``denial_of``);
+- ``MalformedReview``   -> HTTP 400 (the request itself is not an AdmissionReview we can act on);
+- ``NotReady``          -> HTTP 503 (caches or policies have not synced; never answer from them);
+- ``AuditWriteError``   -> HTTP 500 (a decision that cannot be recorded is not given);
+- anything else         -> HTTP 500 (``failure_of``); the cluster's failurePolicy decides.
+
+Every error also has a short machine code (``code_of``) for metrics and the audit log.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class BridgeError(Exception):
@@ -51,6 +58,27 @@ class TemplateConflict(Denial):
     code = 409
 
 
+class Unconverted(Denial):
+    """A Pod reached validation still carrying legacy GPU requests the mutating webhook converts."""
+
+    reason = "Forbidden"
+    code = 403
+
+
+class TemplateTampered(Denial):
+    """A managed ResourceClaimTemplate whose spec no longer matches the hash it is named after."""
+
+    reason = "Forbidden"
+    code = 403
+
+
+class InvalidPolicy(Denial):
+    """A policy or catalogue ConfigMap an admin is saving does not parse or does not check."""
+
+    reason = "Invalid"
+    code = 422
+
+
 class ClusterError(BridgeError):
     """The cluster could not be read or written; the failurePolicy decides."""
 
@@ -61,3 +89,35 @@ class NotReady(BridgeError):
 
 class AuditWriteError(BridgeError):
     """The decision could not be recorded: the request must fail (500) so the failurePolicy decides."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error answered without a verdict: the HTTP status, a machine code, the message sent back."""
+
+    status: int
+    code: str
+    message: str
+
+
+_CODES: dict[type[BaseException], str] = {TranslationError: "invalid-request", MalformedReview: "malformed-review"}
+
+
+def code_of(error: BaseException) -> str:
+    """The machine code of an error: ``TemplateConflict`` -> ``template-conflict``."""
+    for cls in type(error).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    name = type(error).__name__ if isinstance(error, BridgeError) else "InternalError"
+    return "".join(f"-{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("-")
+
+
+def failure_of(error: BaseException) -> Failure:
+    """How an error that is not a ``Denial`` is answered over HTTP."""
+    if isinstance(error, MalformedReview):
+        return Failure(400, code_of(error), str(error))
+    if isinstance(error, NotReady):
+        return Failure(503, "not-ready", f"not ready: {error}; the webhook's failurePolicy applies")
+    if isinstance(error, AuditWriteError):
+        return Failure(500, "audit-write-failed", "the decision could not be recorded; the webhook's failurePolicy applies")
+    return Failure(500, "internal-error", "internal error; the webhook's failurePolicy applies")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from webhook.admission.engine import Decision
+from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest, allowed
 from webhook.audit.log import AuditLog, RotatingFileSink
 from webhook.cli import main

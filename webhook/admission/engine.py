@@ -1,60 +1,39 @@
 """The admission engine: an AdmissionRequest in, a ``Decision`` out, no HTTP.
 
 ``Admission.mutate`` rewrites legacy GPU requests on Pod CREATE; ``Admission.validate`` refuses
-objects that must not be stored. Business code raises; ``_decide`` is the one place that maps the
-error hierarchy to verdicts: a ``Denial`` is a refusal with the user's message, anything else
-propagates so the HTTP layer answers with an error and the cluster's failurePolicy decides.
+objects that must not be stored. Business code raises; ``_decide`` turns a ``Denial`` into a refusal
+with the user's message and the status its class declares (``webhook.errors``), anything else
+propagates and the HTTP layer answers as ``webhook.errors.failure_of`` says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
+from webhook.admission.decision import Decision, Webhook
 from webhook.admission.jsonpatch import diff
-from webhook.admission.review import AdmissionRequest, AdmissionResponse, allowed, denied, patched
+from webhook.admission.review import AdmissionRequest, allowed, denied, patched
 from webhook.admission.templates import TemplateProvisioner
 from webhook.cluster import ClusterPort
-from webhook.errors import Denial, MalformedReview, NotReady, TranslationError
+from webhook.errors import Denial, InvalidPolicy, MalformedReview, NotReady, TemplateTampered, Unconverted, code_of
+from webhook.labels import (
+    CATALOGUE_KEY,
+    CATALOGUE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POLICY_KEY,
+    POLICY_LABEL,
+    SPEC_HASH_LABEL,
+)
 from webhook.quota.enforcement import QuotaEnforcer, QuotaResult
-from webhook.quota.policy import POLICY_KEY, POLICY_LABEL, PolicyError, PolicySource
-from webhook.translate.catalogue import CATALOGUE_KEY, CATALOGUE_LABEL, CatalogueError, CatalogueIndex, parse_document
-from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, spec_hash
-from webhook.translate.rewrite import Conversion, opted_out, rewrite_pod
+from webhook.quota.policy import PolicyError, PolicySource
+from webhook.translate.catalogue import CatalogueError, CatalogueIndex, parse_document
+from webhook.translate.claims import spec_hash
+from webhook.translate.rewrite import opted_out, rewrite_pod
 
-Outcome = Literal["allowed", "patched", "denied"]
 MAX_WARNING = 120
-
-
-@dataclass(frozen=True)
-class QuotaFigure:
-    """One quota dimension of a decision: what was asked, what was in use, the limit, who set it."""
-
-    dimension: str  # "devices/<class>", "memory", "compute", "claims", "perPod.memory", ...
-    requested: str
-    used: str
-    limit: str
-    policy: str  # ConfigMap name and version that set the limit
-    exceeded: bool = False
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the webhook decided and why: the response plus the facts metrics and audit need.
-    ``webhook.audit.log`` turns these facts into the response's ``auditAnnotations``."""
-
-    webhook: Literal["mutate", "validate"]
-    response: AdmissionResponse
-    outcome: Outcome
-    reason: str  # a short machine code: converted, no-legacy-request, opt-out, invalid-request, ...
-    message: str = ""
-    conversions: tuple[Conversion, ...] = ()
-    templates_created: tuple[str, ...] = ()
-    tenant: str | None = None
-    quota: tuple[QuotaFigure, ...] = ()
-    policy_version: str | None = None  # the active policy set's version (resourceVersions or a hash)
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,17 +223,7 @@ class Admission:
         return _allow("validate", request, "not-checked")
 
     def _quota_decision(self, request: AdmissionRequest, result: QuotaResult, *, allowed_reason: str) -> Decision:
-        figures = tuple(
-            QuotaFigure(
-                dimension=f.dimension,
-                requested=f.requested,
-                used=f.used,
-                limit=f.limit,
-                policy=f.policy,
-                exceeded=f.exceeded,
-            )
-            for f in result.figures
-        )
+        figures = tuple(result.figures)
         tenant = result.tenant.name if result.tenant else None
         if result.denied:
             return Decision(
@@ -278,20 +247,6 @@ class Admission:
             policy_version=result.policy_version,
         )
 
-
-class Unconverted(Denial):
-    reason = "Forbidden"
-    code = 403
-
-
-class TemplateTampered(Denial):
-    reason = "Forbidden"
-    code = 403
-
-
-class InvalidPolicy(Denial):
-    reason = "Invalid"
-    code = 422
 
 
 def _namespace(request: AdmissionRequest, obj: dict[str, Any]) -> str:
@@ -330,13 +285,13 @@ def _object(request: AdmissionRequest) -> dict[str, Any]:
 
 
 def _allow(
-    webhook: Literal["mutate", "validate"], request: AdmissionRequest, reason: str, *, warnings: list[str] | None = None
+    webhook: Webhook, request: AdmissionRequest, reason: str, *, warnings: list[str] | None = None
 ) -> Decision:
     return Decision(webhook=webhook, response=allowed(request.uid, warnings=warnings), outcome="allowed", reason=reason)
 
 
 def _decide(
-    webhook: Literal["mutate", "validate"],
+    webhook: Webhook,
     request: AdmissionRequest,
     handler: Callable[[AdmissionRequest], Decision],
     *,
@@ -345,20 +300,14 @@ def _decide(
     try:
         return handler(request)
     except Denial as err:
-        reason = "invalid-request" if isinstance(err, TranslationError) else _code(type(err).__name__)
         return Decision(
             webhook=webhook,
             response=denied(request.uid, str(err), reason=err.reason, code=err.code),
             outcome="denied",
-            reason=reason,
+            reason=code_of(err),
             message=str(err),
             tenant=tenant(),
         )
-
-
-def _code(name: str) -> str:
-    """``TemplateConflict`` -> ``template-conflict``."""
-    return "".join(f"-{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("-")
 
 
 def _short(text: str) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 from webhook.cluster import AlreadyExists, ClusterPort
 from webhook.errors import TemplateConflict
-from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, spec_hash
+from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
+from webhook.translate.claims import spec_hash
 
 
 class TemplateProvisioner:

@@ -46,10 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
 
-from webhook.admission.engine import Decision, QuotaFigure
+from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest
 from webhook.errors import AuditWriteError, BridgeError
 from webhook.inline import WouldBlock
+from webhook.quota.figure import QuotaFigure
 from webhook.translate.rewrite import Conversion
 
 SCHEMA = "dra-bridge.io/audit/v1"

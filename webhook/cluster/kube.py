@@ -62,15 +62,13 @@ from webhook.cluster.informer import (
 )
 from webhook.errors import ClusterError
 from webhook.inline import may_block
-from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL
+from webhook.labels import CATALOGUE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL
 
 log = logging.getLogger("dra_bridge.cluster")
 
 T = TypeVar("T")
 
 RESOURCE_API = "/apis/resource.k8s.io/v1"
-POLICY_LABEL = "dra-bridge.io/policy"
-CATALOGUE_LABEL = "dra-bridge.io/catalogue"
 WORKLOAD_PATHS = (
     "/api/v1/pods",
     "/api/v1/replicationcontrollers",

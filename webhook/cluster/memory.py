@@ -17,7 +17,7 @@ from typing import Any
 
 from webhook.cluster import AlreadyExists, Conflict, EventHandler, EventType, Source
 from webhook.cluster.informer import ClaimStore, slim_claim
-from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL
+from webhook.labels import CATALOGUE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL
 
 
 class InMemoryCluster:
@@ -206,8 +206,8 @@ class InMemoryCluster:
 def _configmap_sources(configmap: Mapping[str, Any]) -> list[Source]:
     labels = (configmap.get("metadata") or {}).get("labels") or {}
     out: list[Source] = []
-    if labels.get("dra-bridge.io/policy") == "true":
+    if labels.get(POLICY_LABEL) == "true":
         out.append("policy-configmaps")
-    if labels.get("dra-bridge.io/catalogue") == "true":
+    if labels.get(CATALOGUE_LABEL) == "true":
         out.append("catalogue-configmaps")
     return out

@@ -8,27 +8,18 @@ limit, excess), and which policy set the limit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
 from webhook.quota.cel import Activation, CelEvaluationError
 from webhook.quota.charge import Charge
+from webhook.quota.figure import QuotaFigure
 from webhook.quota.policy import Maxima, Tenant
 from webhook.translate.quantity import format_quantity, round_up
 
 Scope = Literal["claim", "pod", "template"]
 
 
-@dataclass(frozen=True)
-class Figure:
-    dimension: str
-    requested: str
-    used: str
-    limit: str
-    policy: str
-    exceeded: bool
-    message: str = ""
 
 
 def check(
@@ -39,7 +30,7 @@ def check(
     scope: Scope,
     per_claim: tuple[Charge, ...] = (),
     rule_input: Mapping[str, Any] | None = None,
-) -> list[Figure]:
+) -> list[QuotaFigure]:
     """Every figure compared for this admission; those with ``exceeded`` are the violations.
 
     ``scope``: a ResourceClaim is charged against the tenant's totals; a Pod is checked for the
@@ -48,7 +39,7 @@ def check(
     """
     policy = str(tenant.source)
     who = _who(tenant)
-    figures: list[Figure] = []
+    figures: list[QuotaFigure] = []
     refused = [
         ("class", "DeviceClass", c, tenant.allowed_classes) for c in charge.devices if not tenant.allows_class(c)
     ]
@@ -59,7 +50,7 @@ def check(
     ]
     for dimension, what, name, allowed in sorted(refused):
         message = f"{who}: {what} {name} is not allowed (allowed: {', '.join(allowed or ())}) [policy {policy}]"
-        figures.append(Figure(f"{dimension}/{name}", "1", "-", "not allowed", policy, True, message))
+        figures.append(QuotaFigure(f"{dimension}/{name}", "1", "-", "not allowed", policy, True, message))
     limits = tenant.limits
     claims = per_claim or (charge,)
     if limits.per_claim is not None:
@@ -74,7 +65,7 @@ def check(
     return figures
 
 
-def violations(figures: list[Figure]) -> list[Figure]:
+def violations(figures: list[QuotaFigure]) -> list[QuotaFigure]:
     return [f for f in figures if f.exceeded]
 
 
@@ -84,7 +75,7 @@ def _who(tenant: Tenant) -> str:
     return f"tenant {tenant.name}"
 
 
-def _maxima(charge: Charge, maxima: Maxima, label: str, *, who: str, policy: str) -> list[Figure]:
+def _maxima(charge: Charge, maxima: Maxima, label: str, *, who: str, policy: str) -> list[QuotaFigure]:
     out = []
     what = "per Pod" if label == "perPod" else "per claim"
     if maxima.devices is not None:
@@ -109,7 +100,7 @@ def _maxima(charge: Charge, maxima: Maxima, label: str, *, who: str, policy: str
     return out
 
 
-def _totals(charge: Charge, usage: Charge, tenant: Tenant, *, who: str, policy: str) -> list[Figure]:
+def _totals(charge: Charge, usage: Charge, tenant: Tenant, *, who: str, policy: str) -> list[QuotaFigure]:
     limits = tenant.limits
     out = []
     for pattern, limit in sorted(limits.devices.items()):
@@ -144,7 +135,7 @@ def _totals(charge: Charge, usage: Charge, tenant: Tenant, *, who: str, policy: 
 
 def _compare(
     dimension: str, requested: Fraction, used: Fraction, limit: Fraction, fmt: Any, who: str, policy: str, what: str
-) -> Figure:
+) -> QuotaFigure:
     exceeded = used + requested > limit
     message = ""
     if exceeded:
@@ -155,10 +146,10 @@ def _compare(
             f"{who}: {label}{scope}: requested {fmt(requested)}, in use {fmt(used)}, "
             f"limit {fmt(limit)}: over by {fmt(over)} [policy {policy}]"
         )
-    return Figure(dimension, fmt(requested), fmt(used), fmt(limit), policy, exceeded, message)
+    return QuotaFigure(dimension, fmt(requested), fmt(used), fmt(limit), policy, exceeded, message)
 
 
-def _rules(tenant: Tenant, rule_input: Mapping[str, Any], *, who: str, policy: str) -> list[Figure]:
+def _rules(tenant: Tenant, rule_input: Mapping[str, Any], *, who: str, policy: str) -> list[QuotaFigure]:
     out = []
     variables = Activation(rule_input)  # each variable converted once for all the tenant's rules
     for rule in tenant.rules:
@@ -169,7 +160,7 @@ def _rules(tenant: Tenant, rule_input: Mapping[str, Any], *, who: str, policy: s
         except CelEvaluationError as err:
             passed = False  # fail closed: a rule that cannot be evaluated does not admit
             message = f"{who}: rule {rule.name} could not be evaluated: {err} [policy {policy}]"
-        out.append(Figure(f"rule/{rule.name}", "-", "-", "true", policy, not passed, message))
+        out.append(QuotaFigure(f"rule/{rule.name}", "-", "-", "true", policy, not passed, message))
     return out
 
 

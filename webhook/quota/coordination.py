@@ -30,11 +30,9 @@ from typing import Any
 
 from webhook.cluster import ClusterPort, Conflict
 from webhook.errors import ClusterError
+from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, RESERVATIONS_ANNOTATION, TENANT_ANNOTATION
 from webhook.quota.charge import ZERO, Charge
 from webhook.quota.usage import Observation, UsageLedger
-
-ANNOTATION = "dra-bridge.io/reservations"
-TENANT_ANNOTATION = "dra-bridge.io/tenant"
 
 
 @dataclass(frozen=True)
@@ -102,8 +100,8 @@ class LeaseCoordinator:
         metadata: dict[str, Any] = {
             "name": lease_name(tenant),
             "namespace": self._namespace,
-            "labels": {"app.kubernetes.io/managed-by": "dra-bridge"},
-            "annotations": {TENANT_ANNOTATION: tenant, ANNOTATION: encode(reservations)},
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {TENANT_ANNOTATION: tenant, RESERVATIONS_ANNOTATION: encode(reservations)},
         }
         if current is not None:
             metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -165,7 +163,7 @@ def encode(reservations: list[Reservation]) -> str:
 def decode(lease: dict[str, Any] | None) -> list[Reservation]:
     if lease is None:
         return []
-    text = ((lease.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION, "[]")
+    text = ((lease.get("metadata") or {}).get("annotations") or {}).get(RESERVATIONS_ANNOTATION, "[]")
     try:
         items = json.loads(text)
         return [

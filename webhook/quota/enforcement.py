@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook.cluster import ClusterPort, EventType
+from webhook.labels import POLICY_KEY
 from webhook.quota.charge import ZERO, Charge, ClassResolver, basis, charge
-from webhook.quota.check import Figure, Scope, check, violations
+from webhook.quota.check import Scope, check, violations
 from webhook.quota.coordination import LeaseCoordinator
+from webhook.quota.figure import QuotaFigure
 from webhook.quota.policy import (
-    POLICY_KEY,
     PolicyError,
     PolicySet,
     PolicySource,
@@ -113,8 +114,8 @@ class PolicyStore:
 @dataclass(frozen=True)
 class QuotaResult:
     tenant: Tenant | None
-    figures: tuple[Figure, ...]
-    denied: tuple[Figure, ...]
+    figures: tuple[QuotaFigure, ...]
+    denied: tuple[QuotaFigure, ...]
     policy_version: str
 
     @property
@@ -211,7 +212,7 @@ class QuotaEnforcer:
             return QuotaResult(None, (), (), version)
         requested = charge(basis(claim_spec), classes=self.ledger.classes)
         namespaces = self.namespaces_of(tenant, namespace)
-        figures: list[Figure] = []
+        figures: list[QuotaFigure] = []
 
         def fits(usage: Charge) -> bool:
             figures[:] = check(

@@ -19,12 +19,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from webhook.labels import POLICY_KEY
 from webhook.quota.cel import CelError, Program, compile_rule
 from webhook.translate.catalogue import describe_validation_error
 from webhook.translate.quantity import QuantityError, parse_quantity
 
-POLICY_LABEL = "dra-bridge.io/policy"
-POLICY_KEY = "policy.yaml"
 RULE_VARIABLES = frozenset({"claim", "pod", "tenant", "request"})
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 

@@ -23,9 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
-from webhook.admission.engine import Decision
+from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest, AdmissionReview, review_response
-from webhook.errors import AuditWriteError, MalformedReview, NotReady
+from webhook.errors import AuditWriteError, MalformedReview, NotReady, failure_of
 from webhook.inline import WouldBlock, deciding_inline
 from webhook.serving.metrics import Metrics
 
@@ -140,23 +140,17 @@ def create_app(
             return JSONResponse({"message": bad.message}, status_code=bad.status)
         try:
             decision = await decide(webhook, handler, admission_request)
-        except MalformedReview as err:
-            metrics.rejected_requests.inc("malformed-review")
-            return JSONResponse({"message": str(err)}, status_code=400)
-        except AuditWriteError:
-            log.exception("could not record the decision for uid=%s; failing the request", admission_request.uid)
-            metrics.audit_write_failures.inc(webhook)
-            metrics.decisions.inc(webhook, "error", "audit-write-failed", "")
-            return JSONResponse(
-                {"message": "the decision could not be recorded; the webhook's failurePolicy applies"}, status_code=500
-            )
-        except NotReady as err:
-            metrics.decisions.inc(webhook, "error", "not-ready", "")
-            return JSONResponse({"message": f"not ready: {err}; the webhook's failurePolicy applies"}, status_code=503)
-        except Exception:
-            log.exception("internal error deciding %s uid=%s", webhook, admission_request.uid)
-            metrics.decisions.inc(webhook, "error", "internal-error", "")
-            return JSONResponse({"message": "internal error; the webhook's failurePolicy applies"}, status_code=500)
+        except Exception as err:
+            failure = failure_of(err)
+            if isinstance(err, MalformedReview):
+                metrics.rejected_requests.inc(failure.code)
+            else:
+                if failure.status >= 500 and not isinstance(err, NotReady):
+                    log.exception("%s deciding %s uid=%s", failure.code, webhook, admission_request.uid)
+                if isinstance(err, AuditWriteError):
+                    metrics.audit_write_failures.inc(webhook)
+                metrics.decisions.inc(webhook, "error", failure.code, "")
+            return JSONResponse({"message": failure.message}, status_code=failure.status)
         elapsed = time.perf_counter() - started
         metrics.decisions.inc(webhook, decision.outcome, decision.reason, decision.tenant or "")
         metrics.latency.observe(elapsed, webhook)

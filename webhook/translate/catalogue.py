@@ -30,12 +30,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from webhook.labels import CATALOGUE_KEY
 from webhook.translate.quantity import QuantityError, parse_quantity
 
 API_VERSION = "dra-bridge.io/v1alpha1"
 KIND = "TranslationCatalogue"
-CATALOGUE_KEY = "catalogue.yaml"
-CATALOGUE_LABEL = "dra-bridge.io/catalogue"
 MAX_ALTERNATIVES = 8  # resource.k8s.io/v1: firstAvailable holds at most 8 subrequests
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

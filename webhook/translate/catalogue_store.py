@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from webhook.cluster import EventType
-from webhook.translate.catalogue import (
-    CATALOGUE_KEY,
-    CatalogueError,
-    CatalogueIndex,
-    build_catalogue,
-    parse_document,
-)
+from webhook.labels import CATALOGUE_KEY
+from webhook.translate.catalogue import CatalogueError, CatalogueIndex, build_catalogue, parse_document
 
 log = logging.getLogger("dra_bridge.catalogue")
 

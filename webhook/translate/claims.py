@@ -20,16 +20,12 @@ from fractions import Fraction
 from typing import Any
 
 from webhook.errors import TranslationError
+from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, SUMMARY_ANNOTATION, TEMPLATE_LABEL
 from webhook.translate.catalogue import MAX_ALTERNATIVES, Catalogue, Driver
 from webhook.translate.legacy import Demand
 from webhook.translate.quantity import format_quantity, round_up
 
 API_VERSION = "resource.k8s.io/v1"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "dra-bridge"
-SPEC_HASH_LABEL = "dra-bridge.io/spec-hash"
-TEMPLATE_LABEL = "dra-bridge.io/template"
-SUMMARY_ANNOTATION = "dra-bridge.io/summary"
 HUNDRED = Fraction(100)
 _NOT_LABEL = re.compile(r"[^a-z0-9-]+")
 

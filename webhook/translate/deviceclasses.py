@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from webhook.labels import DESCRIPTION_ANNOTATION, DEVICE_KIND_LABEL, DRIVER_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from webhook.translate.catalogue import DEVICE_KINDS, Catalogue, CatalogueError
-from webhook.translate.claims import MANAGED_BY, MANAGED_BY_LABEL
-
-KIND_LABEL = "dra-bridge.io/device-kind"
-DRIVER_LABEL = "dra-bridge.io/driver"
 
 
 def render_device_classes(catalogue: Catalogue, *, drivers: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -42,8 +39,8 @@ def render_device_classes(catalogue: Catalogue, *, drivers: Iterable[str] | None
                     "kind": "DeviceClass",
                     "metadata": {
                         "name": catalogue.class_name(kind, driver.name),
-                        "labels": {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: kind, DRIVER_LABEL: driver.name},
-                        "annotations": {"dra-bridge.io/description": _describe(kind, driver.description)},
+                        "labels": {MANAGED_BY_LABEL: MANAGED_BY, DEVICE_KIND_LABEL: kind, DRIVER_LABEL: driver.name},
+                        "annotations": {DESCRIPTION_ANNOTATION: _describe(kind, driver.description)},
                     },
                     "spec": {"selectors": [{"cel": {"expression": expression}}]},
                 }

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook.errors import TranslationError
+from webhook.labels import CONVERTED_ANNOTATION, OPT_OUT_LABEL
 from webhook.translate.catalogue import CatalogueIndex
 from webhook.translate.claims import describe, template_for
 from webhook.translate.legacy import ContainerDemands, read_pod
 
-CONVERTED_ANNOTATION = "dra-bridge.io/converted"
-OPT_OUT_LABEL = "dra-bridge.io/ignore"
 CLAIM_PREFIX = "gpu-"
 TEMPLATE_MEMO_SIZE = 4096
 

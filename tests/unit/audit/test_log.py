@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from webhook.admission.engine import Decision, QuotaFigure
+from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest, allowed, denied, patched
 from webhook.audit.log import (
     MAX_ANNOTATION,
@@ -35,6 +35,7 @@ from webhook.audit.log import (
     rfc3339,
 )
 from webhook.errors import ClusterError, NotReady
+from webhook.quota.figure import QuotaFigure
 from webhook.serving.http import create_app
 from webhook.serving.metrics import Metrics
 from webhook.translate.rewrite import Conversion

@@ -8,8 +8,9 @@ import pytest
 
 from tests.conftest import assert_valid, container, pod
 from webhook.errors import TranslationError
+from webhook.labels import CONVERTED_ANNOTATION
 from webhook.translate.catalogue import CatalogueIndex
-from webhook.translate.rewrite import CONVERTED_ANNOTATION, claim_name, rewrite_pod
+from webhook.translate.rewrite import claim_name, rewrite_pod
 
 
 def alternatives(template: dict[str, Any]) -> list[dict[str, Any]]:
