@@ -60,8 +60,11 @@ def figure(dimension: str, requested: str) -> dict[str, str]:
     return {"dimension": dimension, "requested": requested, "used": "0", "limit": "64", "policy": "gpu-quota@12"}
 
 
-def conversion(summary: str) -> dict[str, Any]:
-    return {"container": "c", "claim": "gpu-c", "template": "dra-bridge-0", "legacy": {}, "summary": summary}
+def conversion(summary: str, devices: int, memory: str = "0") -> dict[str, Any]:
+    return {
+        "container": "c", "claim": "gpu-c", "template": "dra-bridge-0", "legacy": {}, "summary": summary,
+        "devices": devices, "memory": memory,
+    }  # fmt: skip
 
 
 CLAIM = {"group": "resource.k8s.io", "version": "v1", "kind": "ResourceClaim"}
@@ -74,7 +77,7 @@ FILES: dict[str, list[dict[str, Any] | str]] = {
             webhook="mutate",
             decision="patched",
             reason="converted",
-            conversions=[conversion("2 whole devices (nvidia)")],
+            conversions=[conversion("2 whole devices (nvidia)", 2)],
         ),
         rec(
             2,
@@ -114,8 +117,8 @@ FILES: dict[str, list[dict[str, Any] | str]] = {
             decision="patched",
             reason="converted",
             conversions=[
-                conversion("1 whole device (nvidia)"),
-                conversion("2 shared devices (nvidia, 8Gi, 30% compute); 1 partition 1g.5gb (nvidia)"),
+                conversion("1 whole device (nvidia)", 1),
+                conversion("2 shared devices (nvidia, 8Gi, 30% compute); 1 partition 1g.5gb (nvidia)", 3, str(16 * 2**30)),
             ],
         ),
     ],
@@ -128,7 +131,7 @@ FILES: dict[str, list[dict[str, Any] | str]] = {
             decision="patched",
             reason="converted",
             dryRun=True,
-            conversions=[conversion("4 whole devices (nvidia)")],
+            conversions=[conversion("4 whole devices (nvidia)", 4)],
         ),
         rec(
             13,
@@ -136,7 +139,7 @@ FILES: dict[str, list[dict[str, Any] | str]] = {
             **TEAM_B,
             decision="patched",
             reason="converted",
-            conversions=[conversion("1 shared device (nvidia, 50% memory)")],
+            conversions=[conversion("1 shared device (nvidia, 50% memory)", 1)],
         ),
         "[1, 2]",
         rec(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 import socket
@@ -128,6 +129,8 @@ def _conversion(c: Conversion) -> dict[str, Any]:
         "template": c.template,
         "legacy": dict(c.legacy),
         "summary": c.summary,
+        "devices": c.devices,
+        "memory": str(math.ceil(c.memory)),
     }
 
 

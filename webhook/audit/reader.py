@@ -279,25 +279,14 @@ class TenantSummary:
         self.charged_memory += max(amounts.get("memory") or [Fraction(0)])  # several policies: the same request
 
     def _add_conversions(self, conversions: Any) -> None:
+        """The structured counts each conversion carries (``devices``, ``memory`` in bytes)."""
         for conversion in conversions if isinstance(conversions, list) else []:
-            summary = conversion.get("summary") if isinstance(conversion, dict) else None
-            for phrase in str(summary or "").split(";"):
-                devices, memory = conversion_amounts(phrase.strip())
+            if not isinstance(conversion, dict):
+                continue
+            devices = conversion.get("devices")
+            if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
                 self.converted_devices += devices
-                self.converted_memory += memory
-
-
-_DEVICES = re.compile(r"^(\d+) (?:whole devices? \(|partitions? |shared devices? \(([^)]*)\))")
-
-
-def conversion_amounts(phrase: str) -> tuple[int, Fraction]:
-    """(devices, memory bytes) of one phrase of a conversion summary (``webhook.translate.claims.describe``)."""
-    match = _DEVICES.match(phrase)
-    if match is None:
-        return 0, Fraction(0)
-    count = int(match[1])
-    sizes = (_quantity(part.strip()) for part in (match[2] or "").split(",")[1:])
-    return count, count * next((size for size in sizes if size is not None), Fraction(0))
+            self.converted_memory += _quantity(conversion.get("memory")) or Fraction(0)
 
 
 def _quantity(value: Any) -> Fraction | None:

@@ -194,6 +194,14 @@ def _shared(
     return out
 
 
+def amounts(demands: Sequence[Demand]) -> tuple[int, Fraction]:
+    """(devices, bytes of memory asked for in absolute units) of a container's demands: the figures
+    the audit summary adds up, kept beside the ``describe`` phrase so nobody parses the phrase."""
+    devices = sum(d.count for d in demands)
+    memory = sum((d.count * d.memory for d in demands if d.kind == "shared" and d.memory is not None), Fraction(0))
+    return devices, memory
+
+
 def describe(demand: Demand) -> str:
     """A short human phrase: ``2 whole GPUs``, ``1 shared GPU (4Gi, 30% compute)``, ``1 partition 1g.5gb``."""
     plural = "s" if demand.count != 1 else ""

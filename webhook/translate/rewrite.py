@@ -12,12 +12,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from webhook.errors import TranslationError
 from webhook.labels import CONVERTED_ANNOTATION, OPT_OUT_LABEL
 from webhook.translate.catalogue import CatalogueIndex
-from webhook.translate.claims import describe, template_for
+from webhook.translate.claims import amounts, describe, template_for
 from webhook.translate.legacy import ContainerDemands, read_pod
 
 CLAIM_PREFIX = "gpu-"
@@ -33,6 +34,8 @@ class Conversion:
     template: str
     legacy: Mapping[str, str]
     summary: str
+    devices: int = 0  # devices asked for, every demand of the container together
+    memory: Fraction = Fraction(0)  # bytes asked for in absolute units (shares of a card count 0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def rewrite_pod(
         existing_claims.add(claim)
         spec.setdefault("resourceClaims", []).append({"name": claim, "resourceClaimTemplateName": template_name})
         container.setdefault("resources", {}).setdefault("claims", []).append({"name": claim})
+        devices, memory = amounts(item.demands)
         conversions.append(
             Conversion(
                 container=item.name,
@@ -94,6 +98,8 @@ def rewrite_pod(
                 template=template_name,
                 legacy={lv.name: lv.value for d in item.demands for lv in d.legacy},
                 summary="; ".join(describe(d) for d in item.demands),
+                devices=devices,
+                memory=memory,
             )
         )
 

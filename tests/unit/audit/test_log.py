@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ CONVERSION = Conversion(
     template="dra-bridge-93ce8af22336",
     legacy={"nvidia.com/gpu": "2", "nvidia.com/gpumem": "8192"},
     summary="2 shared devices (nvidia, 8Gi)",
+    devices=2,
+    memory=Fraction(16 * 2**30),
 )
 MEMORY = QuotaFigure(dimension="memory", requested="16Gi", used="56Gi", limit="64Gi", policy="gpu-quota@12")
 DEVICES = QuotaFigure(dimension="devices/whole.nvidia.dra-bridge.io", requested="2", used="6", limit="8", policy="q@1")
@@ -139,6 +142,8 @@ def test_a_patched_decision_records_every_field() -> None:
                     "template": "dra-bridge-93ce8af22336",
                     "legacy": {"nvidia.com/gpu": "2", "nvidia.com/gpumem": "8192"},
                     "summary": "2 shared devices (nvidia, 8Gi)",
+                    "devices": 2,
+                    "memory": str(16 * 2**30),
                 }
             ],
             "templatesCreated": ["dra-bridge-93ce8af22336"],

@@ -21,7 +21,6 @@ from webhook.audit.reader import (
     Malformed,
     RawLine,
     SequenceCheck,
-    conversion_amounts,
     follow_lines,
     log_files,
     parse_line,
@@ -206,24 +205,6 @@ def test_a_single_missing_record_is_singular() -> None:
 
 
 # -- summaries -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("phrase", "amounts"),
-    [
-        ("2 whole devices (nvidia)", (2, Fraction(0))),
-        ("1 whole device (amd)", (1, Fraction(0))),
-        ("3 partitions 1g.5gb (nvidia)", (3, Fraction(0))),
-        ("1 partition 3g.20gb (nvidia)", (1, Fraction(0))),
-        ("2 shared devices (nvidia, 8Gi, 30% compute)", (2, Fraction(16 * GI))),
-        ("1 shared device (nvidia, 3000Mi)", (1, Fraction(3000 * 2**20))),
-        ("1 shared device (nvidia, 50% memory)", (1, Fraction(0))),
-        ("1 shared device (nvidia, time-sliced)", (1, Fraction(0))),
-        ("something else", (0, Fraction(0))),
-    ],
-)
-def test_conversion_amounts(phrase: str, amounts: tuple[int, Fraction]) -> None:
-    assert conversion_amounts(phrase) == amounts
-
-
 def quota(dimension: str, requested: str) -> dict[str, str]:
     return {"dimension": dimension, "requested": requested, "used": "0", "limit": "99", "policy": "p"}
 
@@ -233,7 +214,7 @@ POD = {"group": "", "version": "v1", "kind": "Pod"}
 
 
 def test_charged_claims_win_over_conversions_and_overlapping_figures_count_once() -> None:
-    conversion = {"summary": "4 whole devices (nvidia)"}
+    conversion = {"summary": "4 whole devices (nvidia)", "devices": 4, "memory": "0"}
     entries = [
         entry(1, decision="patched", webhook="mutate", conversions=[conversion]),  # the Pod of the claim of seq 3
         entry(2, kind=POD, quota=[quota("devices/*", "4"), quota("memory", "320Gi")]),  # a preview of seq 3
@@ -264,24 +245,23 @@ def test_charged_claims_win_over_conversions_and_overlapping_figures_count_once(
 
 
 def test_without_charged_claims_conversions_of_mutate_records_are_counted() -> None:
-    def patched(seq: int, summary: Any, **fields: Any) -> Entry:
-        return entry(
-            seq, **{"decision": "patched", "webhook": "mutate", "conversions": [{"summary": summary}], **fields}
-        )
+    def patched(seq: int, devices: int, memory: str, **fields: Any) -> Entry:
+        conversion = {"summary": "(prose is not read)", "devices": devices, "memory": memory}
+        return entry(seq, **{"decision": "patched", "webhook": "mutate", "conversions": [conversion], **fields})
 
     entries = [
-        patched(1, "2 whole devices (nvidia)"),
-        patched(2, "2 shared devices (nvidia, 8Gi); 1 partition 1g.5gb (x)"),
-        patched(3, "8 whole devices (nvidia)", dryRun=True),
+        patched(1, 2, "0"),
+        patched(2, 3, "16Gi"),
+        patched(3, 8, "0", dryRun=True),
         entry(
             4,
             decision="denied",
             reason="invalid-request",
             webhook="mutate",
-            conversions=[{"summary": "8 whole devices (n)"}],
+            conversions=[{"summary": "8 whole devices (n)", "devices": 8, "memory": "0"}],
         ),
-        entry(5, decision="patched", webhook="mutate", conversions=["junk", {"summary": None}, {"nosummary": 1}]),
-        patched(6, "1 whole device (nvidia)", webhook="validate"),  # only mutate records convert
+        entry(5, decision="patched", webhook="mutate", conversions=["junk", {"summary": None}, {"devices": "9", "memory": "x"}, {"devices": True}]),
+        patched(6, 1, "0", webhook="validate"),  # only mutate records convert
         entry(7, kind=POD, quota=[quota("devices/*", "9")]),  # a Pod preview is not a charge
     ]
     team = summarise(entries, Filter()).tenants["team-a"]

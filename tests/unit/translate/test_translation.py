@@ -481,3 +481,27 @@ def test_claim_names_are_dns_labels(name: str) -> None:
     import re
 
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", claim)
+
+
+# -- the structured amounts the audit summary adds up (never parsed from the summary phrase) ------
+GI = 2**30
+
+
+@pytest.mark.parametrize(
+    ("limits", "devices", "memory"),
+    [
+        ({"nvidia.com/gpu": "2"}, 2, 0),
+        ({"amd.com/gpu": "1"}, 1, 0),
+        ({"nvidia.com/mig-1g.5gb": "3"}, 3, 0),
+        ({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "8192"}, 2, 16 * GI),
+        ({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"}, 1, 3000 * 2**20),
+        ({"nvidia.com/gpu": "1", "nvidia.com/gpumem-percentage": "50"}, 1, 0),
+        ({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "8192", "nvidia.com/mig-1g.5gb": "1"}, 3, 16 * GI),
+    ],
+)
+def test_conversions_carry_their_devices_and_memory(
+    index: CatalogueIndex, limits: dict[str, str], devices: int, memory: int
+) -> None:
+    plan = rewrite_pod(pod(container("main", limits=limits)), index=index, namespace="ns")
+    (conversion,) = plan.conversions
+    assert (conversion.devices, conversion.memory) == (devices, memory)
