@@ -170,6 +170,10 @@ class QuotaEnforcer:
         patterns = {p for t in (*policy_set.tenants, policy_set.default) if t is not None for p in t.limits.devices}
         return ClassResolver(self._catalogue(), declared_memory=declared, device_patterns=patterns)
 
+    def catalogue_changed(self, *_: object) -> None:
+        """The catalogue changed (``CatalogueStore.subscribe``): price every claim by the new one."""
+        self.ledger.reprice(self._resolver(self.policies.current))
+
     def _policy_changed(self, policy_set: PolicySet) -> None:
         self.ledger.reprice(self._resolver(policy_set))
         with self._index_lock:

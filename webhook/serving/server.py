@@ -88,6 +88,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         replica=settings.replica,
     )
     quota.attach()
+    catalogue.subscribe(quota.catalogue_changed)
     cluster.watch("catalogue-configmaps", catalogue.on_configmap)
     admission = Admission(
         cluster=cluster,

@@ -2,13 +2,16 @@
 
 Entries merge by name (``webhook.translate.catalogue.merge_documents``): files first in name order, then
 ConfigMaps in name order. A ConfigMap that breaks the merged catalogue is kept out (the last good
-catalogue stays active) and its error is reported in ``/readyz``.
+catalogue stays active) and its error is reported in ``/readyz``. The store is the catalogue's one
+home: consumers read ``index`` when they need it, and those that derive state from it (the quota's
+usage ledger prices claims by it) ``subscribe`` and are told after every change.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,11 @@ class CatalogueStore:
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._index = CatalogueIndex(build_catalogue(self._base))
+        self._subscribers: list[Callable[[CatalogueIndex], None]] = []
+
+    def subscribe(self, on_change: Callable[[CatalogueIndex], None]) -> None:
+        """Call ``on_change`` with the new index after every change that takes effect."""
+        self._subscribers.append(on_change)
 
     @property
     def index(self) -> CatalogueIndex:
@@ -42,6 +50,13 @@ class CatalogueStore:
             return [*self._base, *(self._overrides[k] for k in sorted(self._overrides))]
 
     def on_configmap(self, event: EventType, configmap: dict[str, Any]) -> None:
+        index = self._apply(event, configmap)
+        if index is not None:
+            for on_change in self._subscribers:
+                on_change(index)
+
+    def _apply(self, event: EventType, configmap: dict[str, Any]) -> CatalogueIndex | None:
+        """The new index when the ConfigMap changed the catalogue; None when it was kept out."""
         name = str((configmap.get("metadata") or {}).get("name"))
         with self._lock:
             overrides = dict(self._overrides)
@@ -54,14 +69,15 @@ class CatalogueStore:
                 except (KeyError, CatalogueError) as err:
                     self._errors[name] = str(err) if isinstance(err, CatalogueError) else f"no key {CATALOGUE_KEY}"
                     log.error("catalogue ConfigMap %s rejected, the last good catalogue stays: %s", name, err)
-                    return
+                    return None
             try:
                 index = CatalogueIndex(build_catalogue([*self._base, *(overrides[k] for k in sorted(overrides))]))
             except CatalogueError as err:
                 self._errors[name] = str(err)
                 log.error("catalogue ConfigMap %s rejected, the last good catalogue stays: %s", name, err)
-                return
+                return None
             self._overrides = overrides
             self._errors.pop(name, None)
             self._index = index
             log.info("catalogue reloaded with ConfigMap %s (%s)", name, event.lower())
+            return index

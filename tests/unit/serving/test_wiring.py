@@ -1,0 +1,57 @@
+"""The runtime's wiring: the catalogue held once, its consumers told when it changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import POLICIES
+from webhook.cluster.memory import InMemoryCluster
+from webhook.serving.server import build_runtime
+from webhook.serving.settings import Settings
+
+ACME = {
+    "apiVersion": "dra-bridge.io/v1alpha1",
+    "kind": "TranslationCatalogue",
+    "drivers": [
+        {
+            "name": "acme",
+            "driver": "gpu.acme.example.com",
+            "whole": {},
+            "shared": {"memory": {"capacity": "memory", "step": "1Mi"}, "memorySizes": ["48Gi"]},
+        }
+    ],
+}
+
+
+def catalogue_configmap(document: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "catalogue-acme", "namespace": "dra-bridge", "labels": {"dra-bridge.io/catalogue": "true"}},
+        "data": {"catalogue.yaml": yaml.safe_dump(document)},
+    }
+
+
+def test_a_catalogue_edit_reprices_the_claims_already_counted(tmp_path: Path) -> None:
+    cluster = InMemoryCluster()
+    cluster.add_namespace("team-a")
+    runtime = build_runtime(
+        Settings(dev=True, policies_dir=POLICIES, audit_file=str(tmp_path / "audit.log")), cluster=cluster
+    )
+    cluster.start()
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "c1", "namespace": "team-a"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.acme.dra-bridge.io"}}]}},
+    }
+    cluster.add_claim(claim)
+    ledger = runtime.admission.quota.ledger  # type: ignore[union-attr]
+    before = ledger.usage(("team-a",)).memory
+    cluster.put_configmap(catalogue_configmap(ACME))
+    assert runtime.catalogue.index.catalogue.driver("acme") is not None
+    assert before != 48 * 2**30
+    assert ledger.usage(("team-a",)).memory == 48 * 2**30
