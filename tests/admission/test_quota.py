@@ -13,6 +13,7 @@ from webhook.admission.engine import Admission
 from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.deviceclasses import render_device_classes
 from webhook.translate.rewrite import rewrite_pod
 
 GPU_CLASS = "whole.nvidia.dra-bridge.io"
@@ -52,6 +53,8 @@ class Env:
         self, index: CatalogueIndex, policy: dict[str, Any] | None = None, clock: list[float] | None = None
     ) -> None:
         self.cluster = InMemoryCluster()
+        for device_class in render_device_classes(index.catalogue):
+            self.cluster.add_device_class(device_class)
         for ns in ("ml-research", "data-science", "sandbox"):
             self.cluster.add_namespace(ns)
         self.cluster.add_namespace("serving", {"dra-bridge.io/tenant": "inference"})

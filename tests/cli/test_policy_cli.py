@@ -13,6 +13,9 @@ from tests.conftest import POLICIES
 from webhook.cli import main
 from webhook.cli.policy import run_usage
 from webhook.cluster.memory import InMemoryCluster
+from webhook.serving.server import catalogue_files
+from webhook.translate.catalogue import load_catalogue
+from webhook.translate.deviceclasses import render_device_classes
 
 
 def write(tmp_path: Path, body: dict[str, object], name: str = "p.yaml") -> Path:
@@ -76,6 +79,8 @@ def test_check_refuses_conflicts_across_files(tmp_path: Path, capsys: pytest.Cap
 def test_usage_against_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     cluster = InMemoryCluster()
     cluster.add_namespace("ml-research")
+    for device_class in render_device_classes(load_catalogue(catalogue_files(POLICIES))):
+        cluster.add_device_class(device_class)  # as deployed: the unified DeviceClasses exist
     cluster.add_claim(
         {
             "metadata": {"name": "c1", "namespace": "ml-research"},

@@ -18,7 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 from webhook.errors import TranslationError
-from webhook.quota.charge import ZERO, ClassResolver, basis, charge
+from webhook.quota.charge import ZERO, Pricer, basis, charge
+from webhook.quota.devices import catalogue_snapshot
 from webhook.quota.policy import PolicySet
 from webhook.translate.catalogue import CatalogueIndex
 from webhook.translate.convert import POD_TEMPLATE_PATHS
@@ -84,7 +85,11 @@ def build_report(
     native: Mapping[str, str],
     default_namespace: str = "default",
 ) -> Report:
-    classes = ClassResolver(index.catalogue, declared_memory={n: f.memory for n, f in policies.classes.items()})
+    pricer = Pricer(
+        index.catalogue,
+        catalogue_snapshot(index.catalogue),
+        declared_memory={n: f.memory for n, f in policies.classes.items()},
+    )
     rows = []
     for obj in objects:
         row = _row(
@@ -93,7 +98,7 @@ def build_report(
             policies=policies,
             labels=namespace_labels,
             native=native,
-            classes=classes,
+            pricer=pricer,
             default_namespace=default_namespace,
         )
         if row is not None:
@@ -123,7 +128,7 @@ def _row(
     policies: PolicySet,
     labels: Mapping[str, Mapping[str, str]],
     native: Mapping[str, str],
-    classes: ClassResolver,
+    pricer: Pricer,
     default_namespace: str,
 ) -> WorkloadRow | None:
     kind = str(obj.get("kind", ""))
@@ -167,7 +172,7 @@ def _row(
     pod_charge = ZERO
     for conversion in plan.conversions:
         template_obj = next(t for t in plan.templates if t["metadata"]["name"] == conversion.template)
-        pod_charge = pod_charge + charge(basis(template_obj["spec"]["spec"]), classes=classes)
+        pod_charge = pod_charge + charge(basis(template_obj["spec"]["spec"]), pricer=pricer)
     becomes = "; ".join(f"{c.container}: {c.summary}" for c in plan.conversions)
     if plan.warnings:
         becomes += " (" + "; ".join(plan.warnings) + ")"

@@ -160,7 +160,7 @@ def usage_rows(enforcer: QuotaEnforcer, *, tenant_filter: str | None) -> list[di
         if tenant_filter and tenant.name != tenant_filter:
             continue
         namespaces = list(enforcer.members(tenant))
-        usage = enforcer.ledger.usage(namespaces) if namespaces else ZERO
+        usage = enforcer.usage(namespaces) if namespaces else ZERO
         limits = tenant.limits
         base = {"tenant": tenant.name, "namespaces": ",".join(namespaces), "policy": str(tenant.source)}
         for pattern, limit in sorted(limits.devices.items()):

@@ -17,7 +17,9 @@ EventHandler = Callable[[EventType, dict[str, Any]], None]
 #   resourceclaims       every ResourceClaim in the cluster
 #   policy-configmaps    ConfigMaps in the webhook's namespace labelled dra-bridge.io/policy=true
 #   catalogue-configmaps ConfigMaps in the webhook's namespace labelled dra-bridge.io/catalogue=true
-Source = Literal["resourceclaims", "policy-configmaps", "catalogue-configmaps"]
+#   deviceclasses        every DeviceClass (the quota evaluates their selectors)
+#   resourceslices       every ResourceSlice (the devices the allocator can hand out)
+Source = Literal["resourceclaims", "policy-configmaps", "catalogue-configmaps", "deviceclasses", "resourceslices"]
 
 
 class AlreadyExists(Exception):

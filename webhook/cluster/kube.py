@@ -8,9 +8,10 @@ reads; this module gives them their HTTP (``RestTransport``) and joins them into
 cached and watched:
 
   namespaces             labels only (opt-out labels, tenants); every event bumps ``namespace_generation``
-  deviceclasses          ``extendedResourceName`` -> class (KEP-5004 names left alone)
+  deviceclasses          ``extendedResourceName`` -> class (KEP-5004 names left alone); selectors for quota
   resourceclaimtemplates managed by dra-bridge, every namespace (the request path reads them)
   resourceclaims         every namespace, slimmed to what subscribers need (the quota ledger)
+  resourceslices         every slice, for the quota's device inventory (reduced to shapes there)
   configmaps x2          in the webhook's namespace, labelled as policies / catalogue parts
 
 Pods are not cached: ``referenced_templates`` pages through them (500 at a time) and only runs in
@@ -89,6 +90,7 @@ CLUSTER_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"list"}),  # only the template garbage collector, off the request path
     ("resource.k8s.io", "deviceclasses"): frozenset({"list", "watch"}),
     ("resource.k8s.io", "resourceclaims"): frozenset({"list", "watch"}),
+    ("resource.k8s.io", "resourceslices"): frozenset({"list", "watch"}),
     ("resource.k8s.io", "resourceclaimtemplates"): frozenset({"get", "list", "watch", "create", "delete"}),
 }
 # In the webhook's own namespace only.
@@ -244,6 +246,7 @@ class KubeCluster:
             "resourceclaimtemplates", f"{RESOURCE_API}/resourceclaimtemplates", label_selector=selector
         )
         self.claims = informer("resourceclaims", f"{RESOURCE_API}/resourceclaims", slim=slim_claim, store=ClaimStore())
+        self.resourceslices = informer("resourceslices", f"{RESOURCE_API}/resourceslices")
         self.policy_configmaps = informer("policy-configmaps", configmaps, label_selector=f"{POLICY_LABEL}=true")
         self.catalogue_configmaps = informer(
             "catalogue-configmaps", configmaps, label_selector=f"{CATALOGUE_LABEL}=true"
@@ -253,6 +256,7 @@ class KubeCluster:
             self.deviceclasses,
             self.templates,
             self.claims,
+            self.resourceslices,
             self.policy_configmaps,
             self.catalogue_configmaps,
         )
@@ -260,6 +264,8 @@ class KubeCluster:
             "resourceclaims": self.claims,
             "policy-configmaps": self.policy_configmaps,
             "catalogue-configmaps": self.catalogue_configmaps,
+            "deviceclasses": self.deviceclasses,
+            "resourceslices": self.resourceslices,
         }
         self.namespaces_informer.subscribe(self._namespace_changed)
 

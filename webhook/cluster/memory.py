@@ -28,6 +28,7 @@ class InMemoryCluster:
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._device_classes: dict[str, dict[str, Any]] = {}
+        self._slices: dict[str, dict[str, Any]] = {}
         # Claims are kept as the real adapter keeps them: identity and spec, specs shared by shape.
         self._claims = ClaimStore()
         self._configmaps: dict[str, dict[str, Any]] = {}
@@ -95,6 +96,18 @@ class InMemoryCluster:
     def add_device_class(self, device_class: dict[str, Any]) -> None:
         with self._lock:
             self._device_classes[device_class["metadata"]["name"]] = copy.deepcopy(device_class)
+        self._emit("deviceclasses", "ADDED", device_class)
+
+    def put_resource_slice(self, resource_slice: dict[str, Any]) -> None:
+        with self._lock:
+            self._slices[resource_slice["metadata"]["name"]] = copy.deepcopy(resource_slice)
+        self._emit("resourceslices", "ADDED", resource_slice)
+
+    def delete_resource_slice(self, name: str) -> None:
+        with self._lock:
+            gone = self._slices.pop(name, None)
+        if gone is not None:
+            self._emit("resourceslices", "DELETED", gone)
 
     # -- ClusterPort -------------------------------------------------------------------------
     def watch(self, source: Source, handler: EventHandler) -> None:
@@ -102,6 +115,10 @@ class InMemoryCluster:
         with self._lock:
             if source == "resourceclaims":
                 existing = self._claims.exported()
+            elif source == "deviceclasses":
+                existing = list(self._device_classes.values())
+            elif source == "resourceslices":
+                existing = list(self._slices.values())
             else:
                 existing = [c for c in self._configmaps.values() if source in _configmap_sources(c)]
         for obj in existing:

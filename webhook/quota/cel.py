@@ -9,16 +9,22 @@ comprehension macros (``all``, ``exists``, ``map``...) nest. The data a rule see
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import celpy
+from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError
 from lark import Tree
+
+from webhook.translate.quantity import QuantityError, parse_quantity
 
 MAX_LENGTH = 4096
 MAX_NODES = 4000
@@ -136,3 +142,233 @@ def _MACRO_VARIABLES(tree: Tree[Any]) -> set[str]:
 def _describe_eval_error(err: Any) -> str:
     args = getattr(err, "args", ())
     return str(args[0]) if args else str(err)
+
+
+# -- device selectors: the Kubernetes DRA CEL environment -----------------------------------------
+# DeviceClass and request selectors see one variable, ``device``: ``driver`` (string), ``attributes``
+# and ``capacity`` (maps domain -> name -> value; an unknown domain is an empty map, an unknown name
+# inside a domain a runtime error), ``allowMultipleAllocations``. Capacity values are quantities;
+# attribute values int, bool, string or version (semver). The library functions below are the ones
+# Kubernetes adds for selectors. A selector that calls anything else cannot be evaluated here and
+# ``SelectorProgram.unsupported`` says so: the quota then assumes it may select any device.
+MAX_SELECTOR_LENGTH = 10 * 1024  # the API's own limit per selector
+
+
+class Quantity:
+    """A Kubernetes resource quantity as a CEL value (``quantity("40Gi")``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Fraction) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Quantity) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"quantity({self.value})"
+
+
+@functools.total_ordering
+class Semver:
+    """A semantic version as a CEL value (``semver("1.2.3")``); pre-release and build are ignored in
+    comparisons beyond what ordering by (major, minor, patch) gives."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: tuple[int, int, int]) -> None:
+        self.parts = parts
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Semver) and other.parts == self.parts
+
+    def __lt__(self, other: Semver) -> bool:
+        return self.parts < other.parts
+
+    def __hash__(self) -> int:
+        return hash(self.parts)
+
+
+_SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:[-+].*)?$")
+
+
+def _semver(text: Any) -> Semver:
+    found = _SEMVER.match(str(text))
+    if found is None:
+        raise ValueError(f"not a semantic version: {text!r}")
+    return Semver((int(found[1]), int(found[2]), int(found[3])))
+
+
+def _is_semver(text: Any) -> celtypes.BoolType:
+    return celtypes.BoolType(_SEMVER.match(str(text)) is not None)
+
+
+def _quantity(text: Any) -> Quantity:
+    return Quantity(parse_quantity(str(text)))
+
+
+def _is_quantity(text: Any) -> celtypes.BoolType:
+    try:
+        parse_quantity(str(text))
+    except QuantityError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def _key(value: Any) -> Any:
+    if isinstance(value, Quantity):
+        return value.value
+    if isinstance(value, Semver):
+        return value.parts
+    raise TypeError(f"no such overload for {type(value).__name__}")
+
+
+def _compare(a: Any, b: Any) -> celtypes.IntType:
+    x, y = _key(a), _key(b)
+    return celtypes.IntType((x > y) - (x < y))
+
+
+def _ceil_int(value: Fraction) -> int:
+    return -((-value.numerator) // value.denominator)
+
+
+SELECTOR_FUNCTIONS: dict[str, Any] = {
+    "quantity": _quantity,
+    "isQuantity": _is_quantity,
+    "semver": _semver,
+    "isSemver": _is_semver,
+    "compareTo": _compare,
+    "isGreaterThan": lambda a, b: celtypes.BoolType(_key(a) > _key(b)),
+    "isLessThan": lambda a, b: celtypes.BoolType(_key(a) < _key(b)),
+    "asInteger": lambda q: celtypes.IntType(_ceil_int(q.value)),
+    "asApproximateFloat": lambda q: celtypes.DoubleType(float(q.value)),
+    "isInteger": lambda q: celtypes.BoolType(q.value.denominator == 1),
+    "sign": lambda q: celtypes.IntType((q.value > 0) - (q.value < 0)),
+    "add": lambda a, b: Quantity(a.value + (b.value if isinstance(b, Quantity) else Fraction(int(b)))),
+    "sub": lambda a, b: Quantity(a.value - (b.value if isinstance(b, Quantity) else Fraction(int(b)))),
+    "major": lambda v: celtypes.IntType(v.parts[0]),
+    "minor": lambda v: celtypes.IntType(v.parts[1]),
+    "patch": lambda v: celtypes.IntType(v.parts[2]),
+}
+# What CEL itself provides and celpy implements: calls to anything outside these and the library
+# above make a selector unsupported (it may select any device, as far as the quota knows).
+_BUILTIN_CALLS = frozenset(
+    {
+        "size", "has", "int", "uint", "double", "string", "bool", "type", "matches", "contains",
+        "startsWith", "endsWith", "lowerAscii", "upperAscii", "all", "exists", "exists_one", "map", "filter",
+    }
+)  # fmt: skip
+
+
+class _Domains(celtypes.MapType):
+    """``device.attributes`` / ``device.capacity``: an unknown domain is an empty map."""
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            return celtypes.MapType({})
+
+
+AttributeValue = int | bool | str | tuple[int, int, int]
+
+
+def device_value(
+    *,
+    driver: str,
+    attributes: Mapping[str, Mapping[str, AttributeValue]],
+    capacity: Mapping[str, Mapping[str, Fraction]],
+    allow_multiple: bool,
+) -> celtypes.MapType:
+    """One device as selectors see it; versions come as (major, minor, patch) tuples."""
+
+    def attribute(value: AttributeValue) -> Any:
+        if isinstance(value, bool):
+            return celtypes.BoolType(value)
+        if isinstance(value, int):
+            return celtypes.IntType(value)
+        if isinstance(value, tuple):
+            return Semver(value)
+        return celtypes.StringType(value)
+
+    return celtypes.MapType(
+        {
+            celtypes.StringType("driver"): celtypes.StringType(driver),
+            celtypes.StringType("attributes"): _Domains(
+                {
+                    celtypes.StringType(domain): celtypes.MapType(
+                        {celtypes.StringType(k): attribute(v) for k, v in values.items()}
+                    )
+                    for domain, values in attributes.items()
+                }
+            ),
+            celtypes.StringType("capacity"): _Domains(
+                {
+                    celtypes.StringType(domain): celtypes.MapType(
+                        {celtypes.StringType(k): Quantity(v) for k, v in values.items()}
+                    )
+                    for domain, values in capacity.items()
+                }
+            ),
+            celtypes.StringType("allowMultipleAllocations"): celtypes.BoolType(allow_multiple),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class SelectorProgram:
+    """A compiled device selector. ``unsupported`` names why it cannot be evaluated here (too large,
+    a function outside the DRA library); such a selector is taken to select any device."""
+
+    expression: str
+    unsupported: str | None
+    _runner: Any = None
+
+    def matches(self, device: celtypes.MapType) -> bool:
+        """True when the selector selects the device. An evaluation error is no match: the
+        allocator cannot hand out a device its selector fails on."""
+        if self.unsupported is not None:
+            return True
+        try:
+            result = self._runner.evaluate({"device": device})
+        except Exception:  # a runtime error in a user's expression (celpy raises several kinds)
+            return False
+        return isinstance(result, celtypes.BoolType) and bool(result)
+
+
+def compile_selector(expression: str) -> SelectorProgram:
+    """Compile a DeviceClass or request selector; never raises (see ``SelectorProgram``)."""
+    if len(expression) > MAX_SELECTOR_LENGTH:
+        return SelectorProgram(expression, f"longer than {MAX_SELECTOR_LENGTH} characters")
+    with _environment_lock:
+        env = celpy.Environment(runner_class=celpy.InterpretedRunner)
+        try:
+            ast = env.compile(expression)
+        except CELParseError as err:
+            return SelectorProgram(expression, f"does not parse: {' '.join(str(err).split())}")
+        if sum(1 for _ in ast.iter_subtrees()) > MAX_NODES or _macro_depth(ast) > MAX_MACRO_DEPTH:
+            return SelectorProgram(expression, "beyond the cost bounds")
+        calls = _calls(ast) - _BUILTIN_CALLS - set(SELECTOR_FUNCTIONS)
+        if calls:
+            return SelectorProgram(expression, f"calls {', '.join(sorted(calls))}")
+        unknown = _identifiers(ast) - _MACRO_VARIABLES(ast) - {"device"}
+        if unknown:
+            return SelectorProgram(expression, f"unknown variable(s) {', '.join(sorted(unknown))}")
+        runner = env.program(ast, functions=SELECTOR_FUNCTIONS)
+    return SelectorProgram(expression, None, runner)
+
+
+def _calls(tree: Tree[Any]) -> set[str]:
+    """Every function or method name the expression calls."""
+    names: set[str] = set()
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg":
+            name = _method_name(node)
+            if name is not None:
+                names.add(name)
+        elif node.data == "ident_arg" and node.children:
+            names.add(str(node.children[0]))
+    return names

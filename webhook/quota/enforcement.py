@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook.cluster import ClusterPort, EventType
 from webhook.labels import POLICY_KEY
-from webhook.quota.charge import ZERO, Charge, ClassResolver, basis, charge
+from webhook.quota.charge import ZERO, Charge, Pricer, basis, charge
 from webhook.quota.check import Scope, check, violations
 from webhook.quota.coordination import LeaseCoordinator
+from webhook.quota.devices import DeviceShape, models_of
 from webhook.quota.figure import QuotaFigure
+from webhook.quota.inventory import Inventory
 from webhook.quota.policy import (
     PolicyError,
     PolicySet,
@@ -133,12 +135,15 @@ class QuotaEnforcer:
         coordination: Literal["local", "lease"] = "local",
         namespace: str = "dra-bridge",
         replica: str = "local",
+        inventory: Inventory | None = None,
     ) -> None:
         self._cluster = cluster
         self._catalogue = catalogue
+        self.inventory = inventory or Inventory()
+        self.inventory.set_models(self._models())
         self.policies = PolicyStore(on_change=self._policy_changed)
         self.ledger = UsageLedger(
-            classes=self._resolver(PolicySet()),
+            pricer=self._pricer(PolicySet()),
             reservation_ttl=reservation_ttl,
             track_observations=coordination == "lease",  # only the Lease coordinator matches them
         )
@@ -154,6 +159,8 @@ class QuotaEnforcer:
     # -- wiring ------------------------------------------------------------------------------
     def attach(self) -> None:
         """Subscribe to the cluster's claims and policy ConfigMaps (before ``cluster.start``)."""
+        self._cluster.watch("deviceclasses", self.inventory.on_device_class)
+        self._cluster.watch("resourceslices", self.inventory.on_slice)
         self._cluster.watch("resourceclaims", self.on_claim)
         self._cluster.watch("policy-configmaps", self.policies.on_configmap)
 
@@ -165,17 +172,38 @@ class QuotaEnforcer:
         else:
             self.ledger.observe(namespace, name, claim.get("spec") or {})
 
-    def _resolver(self, policy_set: PolicySet) -> ClassResolver:
+    def _pricer(self, policy_set: PolicySet) -> Pricer:
         declared = {name: facts.memory for name, facts in policy_set.classes.items()}
         patterns = {p for t in (*policy_set.tenants, policy_set.default) if t is not None for p in t.limits.devices}
-        return ClassResolver(self._catalogue(), declared_memory=declared, device_patterns=patterns)
+        return Pricer(
+            self._catalogue(), self.inventory.snapshot(), declared_memory=declared, device_patterns=patterns
+        )
+
+    def _models(self) -> list[DeviceShape]:
+        return models_of((d.driver, d.models) for d in self._catalogue().drivers)
+
+    def reprice(self) -> None:
+        """Price every claim again by the current policy, catalogue and inventory."""
+        self.ledger.reprice(self._pricer(self.policies.current))
+
+    def refresh(self) -> None:
+        """Reprice once the inventory moved on: on the first decision after a change, not per
+        ResourceSlice event (a node's slices arrive one by one; at start-up, thousands)."""
+        if self.ledger.pricer.generation != self.inventory.generation:
+            self.reprice()
+
+    def usage(self, namespaces: Iterable[str]) -> Charge:
+        """What the namespaces hold now, priced by the current inventory."""
+        self.refresh()
+        return self.ledger.usage(namespaces)
 
     def catalogue_changed(self, *_: object) -> None:
-        """The catalogue changed (``CatalogueStore.subscribe``): price every claim by the new one."""
-        self.ledger.reprice(self._resolver(self.policies.current))
+        """The catalogue changed (``CatalogueStore.subscribe``): its known models and its drivers
+        price every claim again (``set_models`` reprices through the inventory's subscription)."""
+        self.inventory.set_models(self._models())
 
     def _policy_changed(self, policy_set: PolicySet) -> None:
-        self.ledger.reprice(self._resolver(policy_set))
+        self.ledger.reprice(self._pricer(policy_set))
         with self._index_lock:
             self._index_key = None
 
@@ -214,7 +242,8 @@ class QuotaEnforcer:
         version = self.policies.current.version
         if tenant is None:
             return QuotaResult(None, (), (), version)
-        requested = charge(basis(claim_spec), classes=self.ledger.classes)
+        self.refresh()
+        requested = charge(basis(claim_spec), pricer=self.ledger.pricer)
         namespaces = self.namespaces_of(tenant, namespace)
         figures: list[QuotaFigure] = []
 
@@ -251,7 +280,8 @@ class QuotaEnforcer:
         version = self.policies.current.version
         if tenant is None or not claim_specs:
             return QuotaResult(tenant, (), (), version)
-        per_claim = tuple(charge(basis(spec), classes=self.ledger.classes) for spec in claim_specs)
+        self.refresh()
+        per_claim = tuple(charge(basis(spec), pricer=self.ledger.pricer) for spec in claim_specs)
         total = sum(per_claim, ZERO)
         usage = self.ledger.usage(self.namespaces_of(tenant, namespace)) if scope == "pod" else ZERO
         figures = check(

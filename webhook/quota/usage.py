@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from webhook.quota.charge import ZERO, Basis, Charge, ClassResolver, basis, charge
+from webhook.quota.charge import ZERO, Basis, Charge, Pricer, basis, charge
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Observation:
 
 @dataclass
 class UsageLedger:
-    classes: ClassResolver
+    pricer: Pricer
     reservation_ttl: float = 30.0
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
@@ -75,7 +75,7 @@ class UsageLedger:
         with self._lock:
             shape = self._shapes.get(claim_basis)
             if shape is None:
-                shape = self._shapes[claim_basis] = (claim_basis, charge(claim_basis, classes=self.classes))
+                shape = self._shapes[claim_basis] = (claim_basis, charge(claim_basis, pricer=self.pricer))
             new = shape[1]
             claims = self._claims.get(namespace)
             if claims is None:
@@ -103,12 +103,13 @@ class UsageLedger:
                 if not claims:
                     del self._claims[namespace]
 
-    def reprice(self, classes: ClassResolver) -> None:
-        """The policy's class facts changed: recompute every claim's charge (O(claims), on reload only)."""
+    def reprice(self, pricer: Pricer) -> None:
+        """The policy, the catalogue or the inventory changed: recompute every claim's charge
+        (O(distinct claim shapes) charges, O(claims) sums; on a change only, never per decision)."""
         with self._lock:
-            self.classes = classes
+            self.pricer = pricer
             self._by_namespace.clear()
-            self._shapes = {b: (b, charge(b, classes=classes)) for b in self._shapes}
+            self._shapes = {b: (b, charge(b, pricer=pricer)) for b in self._shapes}
             for namespace, claims in self._claims.items():
                 for name, (claim_basis, _) in claims.items():
                     shape = claims[name] = self._shapes[claim_basis]

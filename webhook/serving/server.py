@@ -30,7 +30,9 @@ from webhook.serving.http import create_app
 from webhook.serving.metrics import Metrics
 from webhook.serving.settings import Settings
 from webhook.serving.tls import CertificateReloader, server_ssl_context
+from webhook.translate.catalogue import load_catalogue
 from webhook.translate.catalogue_store import CatalogueStore
+from webhook.translate.deviceclasses import render_device_classes
 
 if TYPE_CHECKING:  # only webhook.serving.http imports FastAPI at run time
     from fastapi import FastAPI
@@ -150,8 +152,11 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
 
 
 def dev_cluster(policies_dir: Path) -> InMemoryCluster:
-    """The embedded default's cluster: in memory, seeded with the example policy ConfigMaps."""
+    """The embedded default's cluster: in memory, seeded with the example policy ConfigMaps and the
+    unified DeviceClasses; its device inventory is the catalogue's known models (no node publishes)."""
     cluster = InMemoryCluster()
+    for device_class in render_device_classes(load_catalogue(catalogue_files(policies_dir))):
+        cluster.add_device_class(device_class)
     for path in policy_files(policies_dir):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if isinstance(document, dict) and document.get("kind") == "ConfigMap":

@@ -110,6 +110,11 @@ class Driver(_Model):
     whole: KindSelector | None = None
     partition: PartitionKind | None = None
     shared: SharedKind | None = None
+    models: tuple[dict[str, Any], ...] = Field(
+        default=(),
+        description="devices this driver publishes, written as ResourceSlice devices: the known models "
+        "quota charges a claim at when no published device matches it",
+    )
 
     def kind(self, kind: DeviceKind) -> KindSelector | None:
         return {"whole": self.whole, "partition": self.partition, "shared": self.shared}[kind]

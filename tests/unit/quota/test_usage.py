@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook.quota.charge import ClassResolver
+from webhook.quota.charge import Pricer
+from webhook.quota.devices import catalogue_snapshot
 from webhook.quota.usage import UsageLedger
 from webhook.translate.catalogue import CatalogueIndex
 
@@ -18,7 +19,7 @@ SPEC: dict[str, Any] = {
 
 
 def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
-    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)))
     for i in range(200):
         ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
     assert len(ledger._shapes) == 1
@@ -29,7 +30,7 @@ def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
 
 def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueIndex) -> None:
     now = [1000.0]
-    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, wall_clock=lambda: now[0])
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), reservation_ttl=30, wall_clock=lambda: now[0])
     for i in range(1000):
         ledger.observe(f"ns-{i % 100}", f"c{i}", SPEC)
     committed, recent = ledger.committed(["ns-7"])
@@ -44,7 +45,7 @@ def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueI
 
 
 def test_observations_are_not_kept_without_lease_coordination(index: CatalogueIndex) -> None:
-    ledger = UsageLedger(classes=ClassResolver(index.catalogue), track_observations=False)
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), track_observations=False)
     for i in range(100):
         ledger.observe(f"ns-{i % 10}", f"c{i}", SPEC)
     assert ledger.observation_count == 0 and ledger.committed(["ns-1"]) == (ledger.usage(["ns-1"]), [])
@@ -54,10 +55,10 @@ def test_observations_are_not_kept_without_lease_coordination(index: CatalogueIn
 
 
 def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
-    ledger = UsageLedger(classes=ClassResolver(index.catalogue))
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)))
     for i in range(50):
         ledger.observe("ns", f"c{i}", SPEC)
-    ledger.reprice(ClassResolver(index.catalogue, device_patterns=["whole.*"]))
+    ledger.reprice(Pricer(index.catalogue, catalogue_snapshot(index.catalogue), device_patterns=["whole.*"]))
     assert ledger.usage(["ns"]).matched == {"whole.*": 100}
     assert len({id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}) == 1
 
@@ -66,7 +67,7 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
     from webhook.quota import charge as charge_module
 
     now = [0.0]
-    ledger = UsageLedger(classes=ClassResolver(index.catalogue), reservation_ttl=30, clock=lambda: now[0])
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), reservation_ttl=30, clock=lambda: now[0])
     one = charge_module.Charge(devices={"x": 1}, claims=1)
     for i in range(5000):  # in flight elsewhere, never confirmed yet
         ledger.admit(

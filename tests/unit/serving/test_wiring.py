@@ -20,7 +20,7 @@ ACME = {
             "name": "acme",
             "driver": "gpu.acme.example.com",
             "whole": {},
-            "shared": {"memory": {"capacity": "memory", "step": "1Mi"}, "memorySizes": ["48Gi"]},
+            "models": [{"attributes": {"model": {"string": "acme-1"}}, "capacity": {"memory": {"value": "300Gi"}}}],
         }
     ],
 }
@@ -49,9 +49,11 @@ def test_a_catalogue_edit_reprices_the_claims_already_counted(tmp_path: Path) ->
         "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.acme.dra-bridge.io"}}]}},
     }
     cluster.add_claim(claim)
-    ledger = runtime.admission.quota.ledger  # type: ignore[union-attr]
-    before = ledger.usage(("team-a",)).memory
+    quota = runtime.admission.quota
+    assert quota is not None
+    before = quota.usage(("team-a",)).memory
     cluster.put_configmap(catalogue_configmap(ACME))
     assert runtime.catalogue.index.catalogue.driver("acme") is not None
-    assert before != 48 * 2**30
-    assert ledger.usage(("team-a",)).memory == 48 * 2**30
+    # A class nobody created is charged at the worst GPU known: now the new driver's model.
+    assert before != 300 * 2**30
+    assert quota.usage(("team-a",)).memory == 300 * 2**30
