@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import POLICIES
-from webhook.certs.pki import ensure_dev_certs
+from webhook.certs.files import ensure_dev_certs
 from webhook.cluster.memory import InMemoryCluster
 from webhook.serving.server import Runtime, build_runtime, dev_cluster, uvicorn_server
 from webhook.serving.settings import Settings

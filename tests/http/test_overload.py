@@ -14,7 +14,7 @@ import httpx
 from tests.admission.helpers import review
 from tests.conftest import POLICIES, container, pod
 from tests.http.conftest import free_port
-from webhook.certs.pki import ensure_dev_certs
+from webhook.certs.files import ensure_dev_certs
 from webhook.serving.server import build_runtime, dev_cluster, uvicorn_server
 from webhook.serving.settings import Settings
 from webhook.serving.tls import server_ssl_context

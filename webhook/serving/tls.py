@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from webhook.certs.pki import CertificateError, validate_pair
+from webhook.certs.issue import CertificateError, validate_pair
 
 __all__ = ["CertificateReloader", "server_ssl_context"]
 
@@ -46,7 +46,7 @@ def server_ssl_context(
     With ``client_ca_file`` the server requires a client certificate signed by
     one of those CAs (for API servers configured to authenticate to webhooks).
     The pair is validated first so a mismatch fails with a readable
-    :class:`~webhook.certs.pki.CertificateError` instead of an OpenSSL code.
+    :class:`~webhook.certs.issue.CertificateError` instead of an OpenSSL code.
     """
     validate_pair(cert_file.read_bytes(), key_file.read_bytes())
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
