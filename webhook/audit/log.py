@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol, TextIO
 
 from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest
+from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.errors import AuditWriteError, BridgeError
 from webhook.inline import WouldBlock
 from webhook.quota.figure import QuotaFigure
@@ -404,14 +405,14 @@ class RotatingFileSink:
         self._partial = False
 
     def _rotate(self) -> None:
-        base = str(self.path)
-        for index in sorted(self._rotated_indexes(), reverse=True):  # oldest first: every target is free
+        base = self.path
+        for index in reversed(rotated_indexes(base)):  # oldest first: every target is free
             if index >= self.max_files:
-                os.unlink(f"{base}.{index}")
+                os.unlink(rotated_name(base, index))
             else:
-                os.rename(f"{base}.{index}", f"{base}.{index + 1}")
+                os.rename(rotated_name(base, index), rotated_name(base, index + 1))
         if self.max_files > 0:
-            os.rename(base, f"{base}.1")
+            os.rename(base, rotated_name(base, 1))
         else:
             os.unlink(base)
         old, self._fd = self._fd, -1
@@ -420,14 +421,6 @@ class RotatingFileSink:
         self._open()
         if self.fsync:
             _fsync_dir(self.path.parent)
-
-    def _rotated_indexes(self) -> list[int]:
-        prefix = self.path.name + "."
-        return [
-            int(name[len(prefix) :])
-            for name in os.listdir(self.path.parent)
-            if name.startswith(prefix) and name[len(prefix) :].isdigit()
-        ]
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -55,6 +55,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.translate.quantity import QuantityError, parse_quantity
 
 OUTCOMES = ("allowed", "patched", "denied", "error")
@@ -95,17 +96,11 @@ class Malformed(ValueError):
 # -- lines and records ---------------------------------------------------------------------------
 def log_files(path: Path) -> list[Path]:
     """The existing files of the log, oldest first."""
-    prefix = path.name + "."
-    folder = path.parent
     try:
-        names = os.listdir(folder)
+        rotated = rotated_indexes(path)
     except FileNotFoundError:
-        names = []
-    rotated = sorted(
-        (int(name[len(prefix) :]) for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()),
-        reverse=True,
-    )
-    files = [folder / f"{path.name}.{n}" for n in rotated]
+        rotated = []
+    files = [rotated_name(path, n) for n in reversed(rotated)]
     return [*files, path] if path.exists() else files
 
 
