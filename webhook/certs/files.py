@@ -101,7 +101,7 @@ def write_pair(directory: Path, *, ca: KeyPair, serving: KeyPair) -> None:
     Only the CA *certificate* is written: the CA key never needs to be next to
     the serving files.  Each file is replaced atomically, but the three are not
     one transaction, so readers must tolerate a momentarily mismatched
-    cert/key (``tls.CertificateReloader`` does).  ``tls.crt`` is written before
+    cert/key (``webhook.serving.tls.CertificateReloader`` does).  ``tls.crt`` is written before
     ``tls.key``; the pair is validated first so a bad pair never reaches disk.
     """
     validate_pair(serving.cert_pem, serving.key_pem)

@@ -5,7 +5,7 @@ at ``config.ssl``; pass ours through ``ssl_context_factory``) and hands that
 very object to ``loop.create_server``.  Calling ``load_cert_chain`` on it later
 changes the certificate offered on *new* handshakes without a restart, which is
 how rotated Secret files (kubelet swaps them atomically via a symlink) or
-``certs.write_pair`` output reach clients.  :class:`CertificateReloader` does
+``webhook.certs.files.write_pair`` output reach clients.  :class:`CertificateReloader` does
 that safely: it only ever applies a cert/key pair it has parsed and matched.
 """
 
