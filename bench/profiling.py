@@ -198,7 +198,7 @@ def cmd_live(args: argparse.Namespace) -> None:
 
     from bench.run import LOAD_CPU, SERVER_CPU, start_server, wait_ready
     from bench.vegeta import Attack, ensure_vegeta, run_attack
-    from webhook.certs.pki import ensure_dev_certs
+    from webhook.certs.files import ensure_dev_certs
 
     vegeta, _ = ensure_vegeta()
     taskset = shutil.which("taskset")

@@ -875,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     progress(f"{results['machine']['pinning']}\n")
     work = Path(tempfile.mkdtemp(prefix="dra-bridge-bench-"))
-    from webhook.certs.pki import ensure_dev_certs
+    from webhook.certs.files import ensure_dev_certs
 
     certs = ensure_dev_certs(work / "certs")
     ca = certs / "ca.crt"

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert-dir", type=Path, required=True, help="holds tls.crt and tls.key (webhook.certs.pki)")
+    parser.add_argument("--cert-dir", type=Path, required=True, help="holds tls.crt and tls.key (webhook.certs.files)")
     parser.add_argument("--spec", help="JSON object (or @file) with keys: " + ", ".join(DEFAULT_SPEC))
     parser.add_argument("--app", choices=("dra-bridge", "ceiling"))
     parser.add_argument("--claims", type=int)

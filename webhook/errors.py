@@ -1,9 +1,10 @@
-"""The error hierarchy, and the one place that maps it to admission verdicts and HTTP statuses.
+"""The error hierarchy, and what each error means to the caller: an admission verdict or an HTTP status.
 
-Business code raises; nothing else decides what an error means to the caller:
+Business code raises; what an error means is declared here and nowhere else:
 
 - ``Denial`` subclasses -> ``allowed: false`` with a message for the user (their input or quota),
-  with the admission status ``reason``/``code`` each class declares (``denial_of``);
+  with the admission status ``reason``/``code`` each class declares (the admission engine's
+  ``_decide`` puts them in the response);
 - ``MalformedReview``   -> HTTP 400 (the request itself is not an AdmissionReview we can act on);
 - ``NotReady``          -> HTTP 503 (caches or policies have not synced; never answer from them);
 - ``AuditWriteError``   -> HTTP 500 (a decision that cannot be recorded is not given);

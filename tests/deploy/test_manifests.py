@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import ROOT, assert_valid
 from tests.deploy.conftest import DEPLOY, find, find_all, targets
-from webhook.certs.pki import service_dns_names
+from webhook.certs.issue import service_dns_names
 from webhook.cluster.kube import CLUSTER_ACCESS, NAMESPACE_ACCESS, REPORT_ACCESS
 from webhook.serving.settings import Settings
 from webhook.translate.quantity import parse_quantity

@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.e2e.controlplane import LOOPBACK, ControlPlane, _pdeathsig, free_port, tail
-from webhook.certs.pki import create_ca, create_serving_cert, write_pair
+from webhook.certs.files import write_pair
+from webhook.certs.issue import create_ca, create_serving_cert
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"

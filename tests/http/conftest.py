@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import POLICIES
-from webhook.certs.pki import ensure_dev_certs
+from webhook.certs.files import ensure_dev_certs
 from webhook.cluster.memory import InMemoryCluster
 from webhook.serving.server import Runtime, build_runtime, dev_cluster, uvicorn_server
 from webhook.serving.settings import Settings
@@ -44,7 +44,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     certs = ensure_dev_certs(tmp_path_factory.mktemp("certs"))
     cluster = dev_cluster(POLICIES)  # what `serve --dev` runs: the example policies loaded
     cluster.add_namespace("team-a")
-    settings = Settings(dev=True, policies_dir=POLICIES, max_body_bytes=64 * 1024)
+    audit_file = tmp_path_factory.mktemp("audit") / "audit.log"  # not the dev default beside the checkout
+    settings = Settings(dev=True, policies_dir=POLICIES, max_body_bytes=64 * 1024, audit_file=str(audit_file))
     runtime = build_runtime(settings, cluster=cluster)
     context = server_ssl_context(cert_file=certs / "tls.crt", key_file=certs / "tls.key")
     port = free_port()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +29,9 @@ def post(app: Any, path: str, body: dict[str, Any]) -> httpx.Response:
     return asyncio.run(go())
 
 
-def test_unsynced_caches_answer_503_so_the_failure_policy_decides() -> None:
-    runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES), cluster=_Unsynced())
+def test_unsynced_caches_answer_503_so_the_failure_policy_decides(tmp_path: Path) -> None:
+    settings = Settings(dev=True, policies_dir=POLICIES, audit_file=str(tmp_path / "audit.log"))
+    runtime = build_runtime(settings, cluster=_Unsynced())
     response = post(runtime.app, "/mutate", review(pod(container(limits={"nvidia.com/gpu": "1"}))))
     assert response.status_code == 503 and "not ready" in response.json()["message"]
     assert 'outcome="error",reason="not-ready",tenant=""' in runtime.metrics.render()

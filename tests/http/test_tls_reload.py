@@ -29,16 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.certs.pki import (
-    CA_FILE,
-    CERT_FILE,
-    KEY_FILE,
-    KeyPair,
-    ca_bundle,
-    create_ca,
-    create_serving_cert,
-    write_pair,
-)
+from webhook.certs.files import CA_FILE, CERT_FILE, KEY_FILE, write_pair
+from webhook.certs.issue import KeyPair, create_ca, create_serving_cert
+from webhook.certs.rotate import ca_bundle
 from webhook.serving.tls import CertificateReloader, server_ssl_context
 
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """The decision log: one JSON line per admission decision, written before the response leaves.
 
-``AuditLog.audited(webhook, handler)`` wraps an admission handler (or ``AuditLog.record`` serves as
-the HTTP layer's observer): each decision becomes a plain dict, one ``json.dumps`` and one write to
-a sink, before the response leaves. If the line cannot be written, ``AuditWriteError`` propagates
+``AuditLog.audited(webhook, handler)`` wraps an admission handler (``AuditLog.record`` writes the
+record of one decision directly): each decision becomes a plain dict, one ``json.dumps`` and one
+write to a sink, before the response leaves. If the line cannot be written, ``AuditWriteError`` propagates
 and the request fails with 500, so the cluster's failurePolicy decides; a decision is never answered
 without its record. ``audit_annotations`` gives the short facts for the cluster's own audit log.
 
@@ -15,7 +15,8 @@ A record (schema ``dra-bridge.io/audit/v1``; keys always present, lists may be e
      "user": "alice", "groups": ["devs", "system:authenticated"],
      "tenant": "team-a" | null, "dryRun": false,
      "decision": "allowed" | "patched" | "denied" | "error", "reason": "converted", "message": "...",
-     "conversions": [{"container", "claim", "template", "legacy": {name: value}, "summary"}],
+     "conversions": [{"container", "claim", "template", "legacy": {name: value}, "summary",
+                      "devices": 2, "memory": "8589934592"}],   memory in bytes; percentages of a card add 0
      "templatesCreated": ["dra-bridge-93ce8af22336"],
      "quota": [{"dimension", "requested", "used", "limit", "policy"}],
      "policyVersion": "..." | null, "extra": {}, "latencyMs": 1.234,
@@ -27,8 +28,8 @@ request answered with 500 for want of its record shows as a gap); a new ``proces
 Records of one process appear in the file in ``seq`` order (numbering and writing share a lock).
 
 Sinks: ``RotatingFileSink`` (size-based rotation ``audit.log`` -> ``audit.log.1`` -> ... like
-logrotate; one writer per file) and ``StreamSink`` (stdout for log collectors). Reading the log
-back is ``webhook.audit.reader``.
+logrotate; one writer per file; the names follow ``webhook.audit.files``) and ``StreamSink`` (stdout
+for log collectors). Reading the log back is ``webhook.audit.reader``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any, Literal, Protocol, TextIO
 
 from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest
+from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.errors import AuditWriteError, BridgeError
 from webhook.inline import WouldBlock
 from webhook.quota.figure import QuotaFigure
@@ -404,14 +406,14 @@ class RotatingFileSink:
         self._partial = False
 
     def _rotate(self) -> None:
-        base = str(self.path)
-        for index in sorted(self._rotated_indexes(), reverse=True):  # oldest first: every target is free
+        base = self.path
+        for index in reversed(rotated_indexes(base)):  # oldest first: every target is free
             if index >= self.max_files:
-                os.unlink(f"{base}.{index}")
+                os.unlink(rotated_name(base, index))
             else:
-                os.rename(f"{base}.{index}", f"{base}.{index + 1}")
+                os.rename(rotated_name(base, index), rotated_name(base, index + 1))
         if self.max_files > 0:
-            os.rename(base, f"{base}.1")
+            os.rename(base, rotated_name(base, 1))
         else:
             os.unlink(base)
         old, self._fd = self._fd, -1
@@ -420,14 +422,6 @@ class RotatingFileSink:
         self._open()
         if self.fsync:
             _fsync_dir(self.path.parent)
-
-    def _rotated_indexes(self) -> list[int]:
-        prefix = self.path.name + "."
-        return [
-            int(name[len(prefix) :])
-            for name in os.listdir(self.path.parent)
-            if name.startswith(prefix) and name[len(prefix) :].isdigit()
-        ]
 
 
 def _fsync_dir(folder: Path) -> None:

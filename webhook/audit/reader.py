@@ -3,7 +3,8 @@
 The writer is ``webhook.audit.log``; this module only reads, and never trusts a line: a line that is
 not a JSON object with a ``time`` and a ``decision`` is reported (file and line number) and skipped.
 
-Files come oldest first: ``audit.log.<highest n>`` ... ``audit.log.1``, then ``audit.log``. They are
+Files come oldest first: ``audit.log.<highest n>`` ... ``audit.log.1``, then ``audit.log`` (the
+naming rule is ``webhook.audit.files``). They are
 opened newest first and de-duplicated by inode, so a rotation in the middle of a read neither
 repeats nor reorders records (it can only leave out records written after the read began).
 
@@ -29,10 +30,11 @@ mutate record: the mutating webhook does not resolve tenants):
     total), else the largest ``devices/<pattern>`` (patterns may overlap, ``*`` covers them all;
     without one covering every class this is a lower bound); memory is the ``memory`` figure, in
     which the quota engine counts whole GPUs at their class's memory.
-  * ``conversions`` otherwise: the conversions of admitted mutate records. From each phrase of a
-    conversion's summary, ``N whole device(s)``, ``N partition(s)`` and ``N shared device(s)`` add
-    N devices; ``N shared device(s) (t, 8Gi, ...)`` adds N x 8Gi of memory. Whole GPUs,
-    partitions and percentages of memory add no memory: their size is known only on allocation.
+  * ``conversions`` otherwise: the conversions of admitted mutate records, added up from the
+    numbers each conversion carries (the summary phrase is for people and is never parsed):
+    ``devices``, every device its container asked for, and ``memory``, the bytes asked for in
+    absolute units (``N`` shared devices of 8Gi add N x 8Gi). Whole GPUs, partitions and
+    percentages of memory add no memory: their size is known only on allocation.
 
 Sequence checks run over every record in the time window, whatever the other filters: for each
 (replica, process), consecutive records must have consecutive ``seq``; a jump is reported as
@@ -55,6 +57,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.translate.quantity import QuantityError, parse_quantity
 
 OUTCOMES = ("allowed", "patched", "denied", "error")
@@ -95,17 +98,11 @@ class Malformed(ValueError):
 # -- lines and records ---------------------------------------------------------------------------
 def log_files(path: Path) -> list[Path]:
     """The existing files of the log, oldest first."""
-    prefix = path.name + "."
-    folder = path.parent
     try:
-        names = os.listdir(folder)
+        rotated = rotated_indexes(path)
     except FileNotFoundError:
-        names = []
-    rotated = sorted(
-        (int(name[len(prefix) :]) for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()),
-        reverse=True,
-    )
-    files = [folder / f"{path.name}.{n}" for n in rotated]
+        rotated = []
+    files = [rotated_name(path, n) for n in reversed(rotated)]
     return [*files, path] if path.exists() else files
 
 

@@ -1,4 +1,4 @@
-"""The ``dra-bridge`` command line: one sub-command per module in this package."""
+"""The ``dra-bridge`` command line: one sub-command per module in this package (``common`` holds what they share)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """``dra-bridge certs create|ca-bundle|patch|rotate``: the webhook's certificates, by hand or on a schedule.
 
-A thin shell over :mod:`webhook.certs.pki`; this module only reads and writes a certificate folder:
+A thin shell over :mod:`webhook.certs.issue`, :mod:`~webhook.certs.rotate`, :mod:`~webhook.certs.files` and
+:mod:`~webhook.certs.manifests`; this module only reads and writes a certificate folder:
 
 ==================  =====================================================================
-``ca.crt``          the CA that signed ``tls.crt`` (what :func:`certs.write_pair` writes)
+``ca.crt``          the CA that signed ``tls.crt`` (what :func:`files.write_pair` writes)
 ``ca.key``          its private key (0600), so ``rotate`` can sign the next leaf
 ``tls.crt/tls.key`` the serving pair the server loads (``tls.key`` 0600)
 ``ca-bundle.crt``   every CA the API server must trust: publish it as ``caBundle``
@@ -30,7 +31,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from webhook.certs import pki as certs
+from webhook.certs.files import CA_FILE, CERT_FILE, KEY_FILE, atomic_write, write_pair
+from webhook.certs.issue import CertificateError, KeyPair, create_ca, create_serving_cert, service_dns_names
+from webhook.certs.manifests import patch_ca_bundle, secret_manifest
+from webhook.certs.rotate import RotationPhase, RotationResult, ca_bundle, rotate
 from webhook.cli.common import dump_yaml, fail
 
 CA_KEY_FILE = "ca.key"
@@ -128,7 +132,7 @@ def _guard(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         try:
             code = action(args)
-        except (UsageError, certs.CertificateError, ValueError, OSError) as err:
+        except (UsageError, CertificateError, ValueError, OSError) as err:
             return fail(f"certs {args.certs_action}: {err}")
         return code
 
@@ -144,17 +148,17 @@ def run_create(args: argparse.Namespace) -> int:
         raise UsageError("nothing to do: give --out DIR, --secret, or both")
     ca_days = _positive("--ca-days", args.ca_days)
     days = _positive("--days", args.days)
-    names = certs.service_dns_names(args.service, args.namespace)
+    names = service_dns_names(args.service, args.namespace)
     if args.out is not None and not args.force:
-        existing = [name for name in (certs.CA_FILE, CA_KEY_FILE, certs.CERT_FILE) if (args.out / name).exists()]
+        existing = [name for name in (CA_FILE, CA_KEY_FILE, CERT_FILE) if (args.out / name).exists()]
         if existing:
             raise UsageError(
                 f"--out {args.out}: already holds {', '.join(existing)}; use `certs rotate`, or --force to replace "
                 "the CA (then re-publish caBundle before the Pods load the new certificate)"
             )
     now = datetime.now(UTC)
-    ca = certs.create_ca(valid_for=timedelta(days=ca_days), now=now)
-    serving = certs.create_serving_cert(
+    ca = create_ca(valid_for=timedelta(days=ca_days), now=now)
+    serving = create_serving_cert(
         ca=ca, dns_names=names, ip_addresses=args.ip, valid_for=timedelta(days=days), now=now
     )
     secret = _secret(args, namespace=args.namespace, ca=ca, serving=serving) if args.secret else None
@@ -193,7 +197,7 @@ def run_patch(args: argparse.Namespace) -> int:
             "MutatingWebhookConfiguration",
             "ValidatingWebhookConfiguration",
         ):
-            out.append(_without_client_state(certs.patch_ca_bundle(doc, bundle)))
+            out.append(_without_client_state(patch_ca_bundle(doc, bundle)))
             patched += 1
         elif args.all_documents:
             out.append(doc)
@@ -252,9 +256,9 @@ def _documents(raw: bytes, origin: str) -> list[Any]:
 
 
 class _Folder(NamedTuple):
-    ca: certs.KeyPair
-    serving: certs.KeyPair | None
-    next_ca: certs.KeyPair | None
+    ca: KeyPair
+    serving: KeyPair | None
+    next_ca: KeyPair | None
     bundle: bytes
 
 
@@ -266,7 +270,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     folder = _load_folder(args.dir)
     dns_names, ips = _rotation_names(args, folder.serving)
     published = _read_published_bundle(args.published_bundle) if args.published_bundle is not None else b""
-    result = certs.rotate(
+    result = rotate(
         ca=folder.ca,
         serving=folder.serving,
         next_ca=folder.next_ca,
@@ -279,7 +283,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     )
     # Keep every unexpired CA this folder already asked to publish: without --published-bundle,
     # rotate() cannot know them, and dropping the previous CA early breaks in-flight connections.
-    bundle = certs.ca_bundle(result.ca_bundle, folder.bundle, now=now)
+    bundle = ca_bundle(result.ca_bundle, folder.bundle, now=now)
     namespace = args.namespace or _namespace_of(dns_names)
     secret = _secret(args, namespace=namespace, ca=result.ca, serving=result.serving) if args.secret else None
     _persist(args.dir, ca=result.ca, serving=result.serving, bundle=bundle, next_ca=result.next_ca)
@@ -290,12 +294,12 @@ def run_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(result: certs.RotationResult, *, bundle: bytes, published: bytes, ca_expired: bool) -> list[str]:
+def _report(result: RotationResult, *, bundle: bytes, published: bytes, ca_expired: bool) -> list[str]:
     leaf = f"serving certificate valid until {_day(result.serving.not_after)}"
     lines: list[str]
-    if result.phase is certs.RotationPhase.STEADY:
+    if result.phase is RotationPhase.STEADY:
         lines = [f"phase steady: {'leaf renewed' if result.serving_changed else 'nothing to renew'}; {leaf}"]
-    elif result.phase is certs.RotationPhase.PUBLISH_BUNDLE:
+    elif result.phase is RotationPhase.PUBLISH_BUNDLE:
         assert result.next_ca is not None
         lines = [
             f"phase publish-bundle (CA rollover 1/2): the CA expires {_day(result.ca.not_after)}; new CA written to "
@@ -316,22 +320,22 @@ def _report(result: certs.RotationResult, *, bundle: bytes, published: bytes, ca
         )
     elif _fingerprints(bundle) != _fingerprints(published):
         lines.append(f"publish: {BUNDLE_FILE} differs from the published caBundle (`certs patch` prints the objects)")
-    if result.serving_changed or result.phase is certs.RotationPhase.NEW_LEAF:
+    if result.serving_changed or result.phase is RotationPhase.NEW_LEAF:
         lines.append("update the Secret: tls.crt/tls.key changed (pass --secret for a manifest)")
     return lines
 
 
-def _rotation_names(args: argparse.Namespace, serving: certs.KeyPair | None) -> tuple[list[str], list[str]]:
+def _rotation_names(args: argparse.Namespace, serving: KeyPair | None) -> tuple[list[str], list[str]]:
     if args.service is not None or args.namespace is not None:
         service = args.service or DEFAULT_SERVICE
         namespace = args.namespace or DEFAULT_NAMESPACE
         current_ips = _sans(serving.certificate)[1] if serving is not None else []
-        return certs.service_dns_names(service, namespace), current_ips
+        return service_dns_names(service, namespace), current_ips
     if serving is None:
-        raise UsageError(f"{args.dir}/{certs.CERT_FILE}: missing, so pass --service and --namespace for the new leaf")
+        raise UsageError(f"{args.dir}/{CERT_FILE}: missing, so pass --service and --namespace for the new leaf")
     dns_names, ips = _sans(serving.certificate)
     if not dns_names and not ips:
-        raise UsageError(f"{args.dir}/{certs.CERT_FILE}: has no subjectAltName; pass --service and --namespace")
+        raise UsageError(f"{args.dir}/{CERT_FILE}: has no subjectAltName; pass --service and --namespace")
     return dns_names, ips
 
 
@@ -344,7 +348,7 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
 
 
 def _namespace_of(dns_names: Sequence[str]) -> str:
-    """The namespace part of ``svc.ns.svc``, as :func:`certs.service_dns_names` builds it."""
+    """The namespace part of ``svc.ns.svc``, as :func:`service_dns_names` builds it."""
     for name in dns_names:
         parts = name.split(".")
         if len(parts) == 3 and parts[2] == "svc":
@@ -370,46 +374,46 @@ def _parse_now(value: str | None) -> datetime:
 def _load_folder(directory: Path) -> _Folder:
     if not directory.is_dir():
         raise UsageError(f"--dir {directory}: not a folder (make one with `certs create --out`)")
-    ca = _load_ca(directory, certs.CA_FILE, CA_KEY_FILE, required=True)
+    ca = _load_ca(directory, CA_FILE, CA_KEY_FILE, required=True)
     assert ca is not None
     next_ca = _load_ca(directory, NEXT_CA_FILE, NEXT_CA_KEY_FILE, required=False)
-    serving: certs.KeyPair | None = None
-    cert_path, key_path = directory / certs.CERT_FILE, directory / certs.KEY_FILE
+    serving: KeyPair | None = None
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if cert_path.exists() or key_path.exists():
-        serving = certs.KeyPair(cert_pem=_read(cert_path), key_pem=_read(key_path))
+        serving = KeyPair(cert_pem=_read(cert_path), key_pem=_read(key_path))
         try:
             serving.validate()
-        except certs.CertificateError as err:
+        except CertificateError as err:
             # An unusable leaf is replaced, not fatal: the CA is what must survive.
             print(f"warning: {cert_path}: {err}; issuing a new leaf", file=sys.stderr)
             serving = None
     bundle_path = directory / BUNDLE_FILE
-    bundle = certs.ca_bundle(_read(bundle_path)) if bundle_path.exists() else ca.cert_pem
+    bundle = ca_bundle(_read(bundle_path)) if bundle_path.exists() else ca.cert_pem
     return _Folder(ca=ca, serving=serving, next_ca=next_ca, bundle=bundle)
 
 
-def _load_ca(directory: Path, cert_name: str, key_name: str, *, required: bool) -> certs.KeyPair | None:
+def _load_ca(directory: Path, cert_name: str, key_name: str, *, required: bool) -> KeyPair | None:
     cert_path, key_path = directory / cert_name, directory / key_name
     if not required and not cert_path.exists() and not key_path.exists():
         return None
-    pair = certs.KeyPair(cert_pem=_read(cert_path), key_pem=_read(key_path))
+    pair = KeyPair(cert_pem=_read(cert_path), key_pem=_read(key_path))
     try:
         pair.validate()
-    except certs.CertificateError as err:
+    except CertificateError as err:
         raise UsageError(f"{key_path}: {err}") from None
     return pair
 
 
 def _read_bundle(directory: Path) -> bytes:
     """``ca-bundle.crt``, or ``ca.crt`` for folders made elsewhere (``serve --dev``, a Secret)."""
-    for name in (BUNDLE_FILE, certs.CA_FILE):
+    for name in (BUNDLE_FILE, CA_FILE):
         path = directory / name
         if path.exists():
             try:
-                return certs.ca_bundle(_read(path))
-            except certs.CertificateError as err:
+                return ca_bundle(_read(path))
+            except CertificateError as err:
                 raise UsageError(f"{path}: {err}") from None
-    raise UsageError(f"--dir {directory}: has neither {BUNDLE_FILE} nor {certs.CA_FILE}")
+    raise UsageError(f"--dir {directory}: has neither {BUNDLE_FILE} nor {CA_FILE}")
 
 
 def _read(path: Path) -> bytes:
@@ -491,10 +495,10 @@ def _fingerprints(pem: bytes) -> frozenset[bytes]:
 def _persist(
     directory: Path,
     *,
-    ca: certs.KeyPair,
-    serving: certs.KeyPair,
+    ca: KeyPair,
+    serving: KeyPair,
     bundle: bytes,
-    next_ca: certs.KeyPair | None,
+    next_ca: KeyPair | None,
 ) -> None:
     """Write the folder; each file is replaced atomically.
 
@@ -504,9 +508,9 @@ def _persist(
     directory.mkdir(parents=True, exist_ok=True)
     if next_ca is not None:
         write_ca_key(directory / NEXT_CA_KEY_FILE, next_ca)
-        certs.atomic_write(directory / NEXT_CA_FILE, next_ca.cert_pem, mode=0o644)
-    certs.atomic_write(directory / BUNDLE_FILE, bundle, mode=0o644)
-    certs.write_pair(directory, ca=ca, serving=serving)
+        atomic_write(directory / NEXT_CA_FILE, next_ca.cert_pem, mode=0o644)
+    atomic_write(directory / BUNDLE_FILE, bundle, mode=0o644)
+    write_pair(directory, ca=ca, serving=serving)
     write_ca_key(directory / CA_KEY_FILE, ca)
     if next_ca is None:
         for name in (NEXT_CA_FILE, NEXT_CA_KEY_FILE):
@@ -514,21 +518,21 @@ def _persist(
                 (directory / name).unlink()
 
 
-def write_ca_key(path: Path, ca: certs.KeyPair) -> None:
+def write_ca_key(path: Path, ca: KeyPair) -> None:
     """Persist a CA's private key (0600) after checking it belongs to the CA certificate.
 
-    ``webhook.certs.pki`` deliberately writes only the CA *certificate* next to the serving files;
+    ``webhook.certs.files`` deliberately writes only the CA *certificate* next to the serving files;
     keeping the key is this command's job (and belongs outside the cluster).
     """
     ca.validate()
-    certs.atomic_write(path, ca.key_pem, mode=0o600)
+    atomic_write(path, ca.key_pem, mode=0o600)
 
 
 # --------------------------------------------------------------------------- small helpers
 
 
-def _secret(args: argparse.Namespace, *, namespace: str, ca: certs.KeyPair, serving: certs.KeyPair) -> dict[str, Any]:
-    return certs.secret_manifest(
+def _secret(args: argparse.Namespace, *, namespace: str, ca: KeyPair, serving: KeyPair) -> dict[str, Any]:
+    return secret_manifest(
         name=args.secret_name, namespace=args.secret_namespace or namespace, pair=serving, ca=ca
     )
 

@@ -21,7 +21,7 @@ import yaml
 
 from webhook.admission.engine import Admission, AdmissionSettings
 from webhook.audit.log import AuditLog, open_audit_log
-from webhook.certs.pki import ensure_dev_certs
+from webhook.certs.files import ensure_dev_certs
 from webhook.cluster import ClusterPort
 from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.enforcement import QuotaEnforcer

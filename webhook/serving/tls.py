@@ -5,7 +5,7 @@ at ``config.ssl``; pass ours through ``ssl_context_factory``) and hands that
 very object to ``loop.create_server``.  Calling ``load_cert_chain`` on it later
 changes the certificate offered on *new* handshakes without a restart, which is
 how rotated Secret files (kubelet swaps them atomically via a symlink) or
-``certs.write_pair`` output reach clients.  :class:`CertificateReloader` does
+``webhook.certs.files.write_pair`` output reach clients.  :class:`CertificateReloader` does
 that safely: it only ever applies a cert/key pair it has parsed and matched.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from webhook.certs.pki import CertificateError, validate_pair
+from webhook.certs.issue import CertificateError, validate_pair
 
 __all__ = ["CertificateReloader", "server_ssl_context"]
 
@@ -46,7 +46,7 @@ def server_ssl_context(
     With ``client_ca_file`` the server requires a client certificate signed by
     one of those CAs (for API servers configured to authenticate to webhooks).
     The pair is validated first so a mismatch fails with a readable
-    :class:`~webhook.certs.pki.CertificateError` instead of an OpenSSL code.
+    :class:`~webhook.certs.issue.CertificateError` instead of an OpenSSL code.
     """
     validate_pair(cert_file.read_bytes(), key_file.read_bytes())
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.conftest import ROOT, assert_valid
-from webhook.certs import pki as certs
+from webhook.certs.files import ensure_dev_certs, load_pair
+from webhook.certs.issue import service_dns_names, validate_pair
 from webhook.cli import main
 
-SERVICE_NAMES = certs.service_dns_names("dra-bridge", "dra-bridge")
+SERVICE_NAMES = service_dns_names("dra-bridge", "dra-bridge")
 WEBHOOKS_YAML = ROOT / "deploy" / "base" / "webhooks.yaml"
 
 Snapshot = dict[str, tuple[bytes, int]]
@@ -90,10 +91,10 @@ def test_create_writes_ca_key_and_serving_pair_with_safe_modes(
     assert sorted(files) == ["ca-bundle.crt", "ca.crt", "ca.key", "tls.crt", "tls.key"]
     assert files["ca.key"][1] == 0o600 and files["tls.key"][1] == 0o600
     assert files["ca.crt"][1] == 0o644
-    stored = certs.load_pair(out)
+    stored = load_pair(out)
     assert sans(stored.serving.cert_pem) == SERVICE_NAMES
     assert issued_by(stored.serving.cert_pem, stored.ca_cert_pem)
-    certs.validate_pair(files["ca.crt"][0], files["ca.key"][0])  # the CA key belongs to ca.crt
+    validate_pair(files["ca.crt"][0], files["ca.key"][0])  # the CA key belongs to ca.crt
     assert files["ca-bundle.crt"][0] == files["ca.crt"][0]
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -103,7 +104,7 @@ def test_create_writes_ca_key_and_serving_pair_with_safe_modes(
 def test_create_for_another_service_and_ip(tmp_path: Path) -> None:
     create(tmp_path, "--service", "gpu-hook", "--namespace", "platform", "--ip", "10.0.0.7", "--days", "30")
     leaf = certificates((tmp_path / "tls.crt").read_bytes())[0]
-    assert sans(leaf.public_bytes(certs.serialization.Encoding.PEM)) == certs.service_dns_names("gpu-hook", "platform")
+    assert sans(leaf.public_bytes(serialization.Encoding.PEM)) == service_dns_names("gpu-hook", "platform")
     ips = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)
     assert [str(ip) for ip in ips] == ["10.0.0.7"]
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc < timedelta(days=31)
@@ -185,7 +186,7 @@ def test_ca_bundle_prints_base64_of_the_bundle(tmp_path: Path, capsys: pytest.Ca
 def test_ca_bundle_of_a_folder_without_ca_bundle_crt_uses_ca_crt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    certs.ensure_dev_certs(tmp_path)  # what `serve --dev` writes: ca.crt, tls.crt, tls.key
+    ensure_dev_certs(tmp_path)  # what `serve --dev` writes: ca.crt, tls.crt, tls.key
     assert main(["certs", "ca-bundle", "--dir", str(tmp_path)]) == 0
     assert base64.b64decode(capsys.readouterr().out) == (tmp_path / "ca.crt").read_bytes()
 
@@ -317,7 +318,7 @@ def test_rotate_ca_rollover_in_two_phases(tmp_path: Path, capsys: pytest.Capture
     phase1 = snapshot(tmp_path)
     next_ca = phase1["next-ca.crt"][0]
     assert phase1["next-ca.key"][1] == 0o600
-    certs.validate_pair(next_ca, phase1["next-ca.key"][0])
+    validate_pair(next_ca, phase1["next-ca.key"][0])
     assert phase1["tls.crt"] == initial["tls.crt"] and phase1["ca.crt"] == initial["ca.crt"]
     bundle = phase1["ca-bundle.crt"][0]
     assert fingerprints(bundle) == fingerprints(old_ca) + fingerprints(next_ca)
@@ -338,7 +339,7 @@ def test_rotate_ca_rollover_in_two_phases(tmp_path: Path, capsys: pytest.Capture
     phase2 = snapshot(tmp_path)
     assert "next-ca.crt" not in phase2 and "next-ca.key" not in phase2
     assert phase2["ca.crt"][0] == next_ca
-    certs.validate_pair(phase2["ca.crt"][0], phase2["ca.key"][0])
+    validate_pair(phase2["ca.crt"][0], phase2["ca.key"][0])
     assert issued_by(phase2["tls.crt"][0], next_ca)
     # The old CA stays trusted until it expires.
     assert set(fingerprints(phase2["ca-bundle.crt"][0])) == set(fingerprints(old_ca) + fingerprints(next_ca))
@@ -382,7 +383,7 @@ def test_rotate_issues_a_missing_leaf_for_the_named_service(tmp_path: Path, caps
     assert main(["certs", "rotate", "--dir", str(tmp_path)]) == 1
     assert "tls.crt: missing, so pass --service and --namespace" in capsys.readouterr().err
     assert main(["certs", "rotate", "--dir", str(tmp_path), "--service", "hook", "--namespace", "gpu"]) == 0
-    assert sans((tmp_path / "tls.crt").read_bytes()) == certs.service_dns_names("hook", "gpu")
+    assert sans((tmp_path / "tls.crt").read_bytes()) == service_dns_names("hook", "gpu")
 
 
 def test_rotate_errors_change_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -435,7 +436,7 @@ def test_rotate_replaces_an_unreadable_leaf_and_keeps_the_ca(
     )
     assert "issuing a new leaf" in capsys.readouterr().err
     assert (tmp_path / "ca.crt").read_bytes() == ca
-    stored = certs.load_pair(tmp_path)
+    stored = load_pair(tmp_path)
     assert issued_by(stored.serving.cert_pem, ca)
 
 
