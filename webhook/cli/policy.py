@@ -24,7 +24,7 @@ import yaml
 
 from webhook.cli.common import add_policies_flag, fail, load_index
 from webhook.cluster import ClusterPort
-from webhook.quota.charge import ZERO
+from webhook.quota.charge import DRIVER_PREFIX, KIND_PREFIX, ZERO
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.quota.policy import PolicyError, PolicySet, PolicySource, Tenant, build_policy_set, parse_policy_document
 from webhook.translate.catalogue import DEVICE_KINDS, CatalogueError, CatalogueIndex
@@ -104,6 +104,8 @@ def unknown_class_references(policy_set: PolicySet, known: set[str]) -> list[str
     for tenant in owners:
         where = f"{tenant.source.name}: {'default' if tenant.is_default else f'tenants[{tenant.name}]'}"
         for pattern in tenant.limits.devices:
+            if pattern.startswith((KIND_PREFIX, DRIVER_PREFIX)):
+                continue  # limits by what the devices are, not by class name
             if not any(fnmatch.fnmatchcase(c, pattern) for c in known):
                 problems.append(f"{where}.limits.devices: {pattern!r} matches no known DeviceClass")
         for pattern in tenant.allowed_classes or ():

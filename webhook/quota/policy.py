@@ -57,6 +57,9 @@ class Maxima(_Model):
     compute: Quantity | None = Field(default=None, description="percent of one device: 200 = two whole devices")
 
 
+_DEVICE_LIMIT_KINDS = frozenset({"whole", "partition", "shared", "gpu"})
+
+
 class Limits(_Model):
     devices: dict[str, int] = Field(default_factory=dict, description="DeviceClass name or glob -> devices")
     memory: Quantity | None = None
@@ -70,6 +73,11 @@ class Limits(_Model):
         for pattern, limit in self.devices.items():
             if limit < 0:
                 raise ValueError(f"devices[{pattern}]: {limit} is negative")
+            kind = pattern.removeprefix("kind:") if pattern.startswith("kind:") else None
+            if kind is not None and kind not in _DEVICE_LIMIT_KINDS:
+                raise ValueError(
+                    f"devices[{pattern}]: kind {kind!r} is not one of {', '.join(sorted(_DEVICE_LIMIT_KINDS))}"
+                )
         return self
 
 
