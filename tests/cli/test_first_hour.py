@@ -210,3 +210,11 @@ def test_help_says_what_the_command_reads_by_default(
     text = " ".join(capsys.readouterr().out.split())
     for needle in READS[path]:
         assert needle in text, f"`dra-bridge {' '.join(path)} --help` does not mention {needle!r}"
+
+
+def test_outside_the_checkout_the_shipped_policies_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./policies here
+    assert main(["convert", "-f", str(MANIFESTS / "01-nvidia-training-deployment.yaml")]) == 0
+    assert "resourceClaimTemplateName" in capsys.readouterr().out
