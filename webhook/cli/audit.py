@@ -191,7 +191,7 @@ def table_row(entry: Entry) -> tuple[str, ...]:
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
     """Aligned columns; every column but the last (the message) is as wide as its widest cell, up to a cap."""
-    widths = [min(MAX_WIDTH, max(len(COLUMNS[i]), *(len(row[i]) for row in rows))) for i in range(len(COLUMNS) - 1)]
+    widths = [min(MAX_WIDTH, max([len(COLUMNS[i]), *(len(row[i]) for row in rows)])) for i in range(len(COLUMNS) - 1)]
     return "".join(_row(row, widths) + "\n" for row in (COLUMNS, *rows))
 
 
@@ -226,7 +226,7 @@ def _print_summary(summary: Summary, *, as_json: bool) -> None:
                 denials,
             )
         )
-    widths = [max(len(SUMMARY_COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(SUMMARY_COLUMNS) - 1)]
+    widths = [max([len(SUMMARY_COLUMNS[i]), *(len(r[i]) for r in rows)]) for i in range(len(SUMMARY_COLUMNS) - 1)]
     out = sys.stdout
     out.write(f"{summary.records} record(s)\n")
     out.write("".join(_row(row, widths) + "\n" for row in (SUMMARY_COLUMNS, *rows)))
