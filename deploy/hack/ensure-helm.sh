@@ -65,7 +65,8 @@ trap cleanup EXIT
 
 log "building helm.sh/helm/v3/cmd/helm@$VERSION with $(go version | cut -d' ' -f3) (-p $JOBS); a first build takes a few minutes"
 start=$SECONDS
-( while sleep 30; do log "still building helm $VERSION ($((SECONDS - start)) s so far)"; done ) &
+# sleep holds no copy of stdout or stderr: a reader of them sees their end when the script ends
+( while sleep 30 >/dev/null 2>&1; do log "still building helm $VERSION ($((SECONDS - start)) s so far)"; done ) &
 ticker=$!
 # GOTOOLCHAIN=local: build with the installed Go rather than fetching another toolchain. The
 # ldflags set what `helm version` reports and the Kubernetes version `helm template` assumes,
