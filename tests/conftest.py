@@ -52,3 +52,10 @@ def container(
     if resources:
         out["resources"] = resources
     return out
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a first run, build the Go tools the selected tests need, with progress (tests/prebuild.py)."""
+    from tests.prebuild import prebuild
+
+    prebuild(session)

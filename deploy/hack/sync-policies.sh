@@ -3,6 +3,8 @@
 #   policies/catalogue*.yaml -> deploy/policies/                 (the base: the translation catalogue)
 #   every other policies/*.yaml -> deploy/overlays/quota-example/ (opt-in: example quota policies
 #                                 limit every namespace, so `kubectl apply -k deploy/` never applies them)
+#   policies/catalogue*.yaml and deploy/deviceclasses/deviceclasses.yaml -> deploy/helm/dra-bridge/files/
+#                                 (Helm, like kustomize, reads no file outside its chart)
 #
 # Why a copy: kustomize refuses files outside a kustomization's root (its load restrictor), so
 # deploy/ cannot reference ../policies/catalogue.yaml, and `kubectl apply -k deploy/` must work
@@ -46,5 +48,10 @@ done
 [[ ${#catalogues[@]} -gt 0 ]] || { echo "sync-policies: no $SRC/catalogue*.yaml" >&2; exit 1; }
 sync_into "$BASE" "" "${catalogues[@]}"
 sync_into "$EXAMPLE" "../../base" "${examples[@]}"
-printf 'synced %d catalogue file(s) into %s and %d example(s) into %s\n' \
-  "${#catalogues[@]}" "$BASE" "${#examples[@]}" "$EXAMPLE" >&2
+CHART_FILES="$ROOT/deploy/helm/dra-bridge/files"
+mkdir -p "$CHART_FILES"
+rm -f "$CHART_FILES"/catalogue*.yaml
+for name in "${catalogues[@]}"; do cp "$SRC/$name" "$CHART_FILES/$name"; done
+cp "$ROOT/deploy/deviceclasses/deviceclasses.yaml" "$CHART_FILES/deviceclasses.yaml"
+printf 'synced %d catalogue file(s) into %s and %s, and %d example(s) into %s\n' \
+  "${#catalogues[@]}" "$BASE" "$CHART_FILES" "${#examples[@]}" "$EXAMPLE" >&2

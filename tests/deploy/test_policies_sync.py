@@ -17,6 +17,7 @@ DEPLOY = ROOT / "deploy"
 SYNC = DEPLOY / "hack" / "sync-policies.sh"
 BASE_COPIES = DEPLOY / "policies"
 EXAMPLE_COPIES = DEPLOY / "overlays" / "quota-example"
+CHART_FILES = DEPLOY / "helm" / "dra-bridge" / "files"
 FIX = "run deploy/hack/sync-policies.sh"
 
 
@@ -55,6 +56,7 @@ def test_sync_script_reproduces_the_committed_files(tmp_path: Path) -> None:
     (tmp_path / "deploy" / "hack").mkdir(parents=True)
     shutil.copy(SYNC, tmp_path / "deploy" / "hack" / SYNC.name)
     shutil.copytree(POLICIES, tmp_path / "policies")
+    shutil.copytree(DEPLOY / "deviceclasses", tmp_path / "deploy" / "deviceclasses")
     stale = tmp_path / "deploy" / "policies" / "catalogue-gone.yaml"
     stale.parent.mkdir(parents=True)
     stale.write_text("stale copy\n")
@@ -64,7 +66,7 @@ def test_sync_script_reproduces_the_committed_files(tmp_path: Path) -> None:
         )
         assert proc.returncode == 0, proc.stderr
     assert not stale.exists()
-    for folder in (BASE_COPIES, EXAMPLE_COPIES):
+    for folder in (BASE_COPIES, EXAMPLE_COPIES, CHART_FILES):
         generated = tmp_path / folder.relative_to(ROOT)
         assert sorted(p.name for p in generated.iterdir()) == sorted(
             p.name for p in folder.iterdir() if p.suffix == ".yaml"

@@ -34,7 +34,8 @@ from webhook.audit.reader import (
 from webhook.cli.common import fail
 from webhook.translate.quantity import format_quantity
 
-DEFAULT_FILE = "/var/log/dra-bridge/audit.log"
+DEFAULT_FILE = "/var/log/dra-bridge/audit.log"  # Settings.audit_file: where a deployed server writes
+DEV_FILE = ".dra-bridge/audit.log"  # where `serve --dev` writes, relative to where it runs
 COLUMNS = ("TIME", "DECISION", "REASON", "TENANT", "OBJECT", "USER", "MESSAGE")
 FOLLOW_WIDTHS = (24, 18, 24, 12, 36, 20)  # a stream cannot measure rows it has not seen
 MAX_WIDTH = 48
@@ -46,13 +47,15 @@ def add_parser(commands: Any) -> None:
         "audit",
         help="read, filter, follow or summarise the decision audit log",
         description="Reads the audit log and its rotated files oldest first. Filters of one kind may repeat "
-        "(any of them matches); filters of different kinds must all match.",
+        f"(any of them matches); filters of different kinds must all match. Reads by default: "
+        f"$DRA_BRIDGE_AUDIT_FILE when set; else {DEFAULT_FILE} when it exists (a deployed server); else "
+        f"{DEV_FILE} when it exists (what `serve --dev` writes in the folder it runs in).",
     )
     parser.add_argument(
         "--file",
         type=Path,
-        default=Path(os.environ.get("DRA_BRIDGE_AUDIT_FILE") or DEFAULT_FILE),
-        help=f"the log (default: $DRA_BRIDGE_AUDIT_FILE, else {DEFAULT_FILE})",
+        default=None,
+        help=f"the log (default: $DRA_BRIDGE_AUDIT_FILE, else {DEFAULT_FILE} if it exists, else {DEV_FILE})",
     )
     parser.add_argument("--tenant", action="append", help="tenant; '-' for records without one")
     parser.add_argument("--namespace", action="append")
@@ -78,7 +81,32 @@ def _when(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def default_file() -> Path:
+    """$DRA_BRIDGE_AUDIT_FILE; else the deployed server's log if present; else the dev server's if present."""
+    configured = os.environ.get("DRA_BRIDGE_AUDIT_FILE")
+    if configured:
+        return Path(configured)
+    deployed, dev = Path(DEFAULT_FILE), Path(DEV_FILE)
+    if not _exists(deployed) and _exists(dev):
+        return dev
+    return deployed
+
+
+def _exists(log: Path) -> bool:
+    """The log or one of its rotated files (audit.log.1, ...) is there."""
+    if not log.parent.is_dir():
+        return False
+    return log.exists() or any(log.parent.glob(log.name + ".[0-9]*"))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.file is None:
+        args.file = default_file()
+        if not _exists(args.file) and not args.follow:
+            return fail(
+                f"no audit log at {DEFAULT_FILE} (a deployed server's) nor at {DEV_FILE} (what `serve --dev` "
+                "writes in the folder it runs in); give --file or set DRA_BRIDGE_AUDIT_FILE"
+            )
     selection = Filter(
         tenants=frozenset(args.tenant or ()),
         namespaces=frozenset(args.namespace or ()),
@@ -163,7 +191,7 @@ def table_row(entry: Entry) -> tuple[str, ...]:
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
     """Aligned columns; every column but the last (the message) is as wide as its widest cell, up to a cap."""
-    widths = [min(MAX_WIDTH, max(len(COLUMNS[i]), *(len(row[i]) for row in rows))) for i in range(len(COLUMNS) - 1)]
+    widths = [min(MAX_WIDTH, max([len(COLUMNS[i]), *(len(row[i]) for row in rows)])) for i in range(len(COLUMNS) - 1)]
     return "".join(_row(row, widths) + "\n" for row in (COLUMNS, *rows))
 
 
@@ -198,7 +226,7 @@ def _print_summary(summary: Summary, *, as_json: bool) -> None:
                 denials,
             )
         )
-    widths = [max(len(SUMMARY_COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(SUMMARY_COLUMNS) - 1)]
+    widths = [max([len(SUMMARY_COLUMNS[i]), *(len(r[i]) for r in rows)]) for i in range(len(SUMMARY_COLUMNS) - 1)]
     out = sys.stdout
     out.write(f"{summary.records} record(s)\n")
     out.write("".join(_row(row, widths) + "\n" for row in (SUMMARY_COLUMNS, *rows)))

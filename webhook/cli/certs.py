@@ -67,7 +67,12 @@ def add_parser(commands: Any) -> None:
 
 
 def _add_create(actions: Any) -> None:
-    p = actions.add_parser("create", help="a new CA and serving certificate for the webhook Service")
+    p = actions.add_parser(
+        "create",
+        help="a new CA and serving certificate for the webhook Service",
+        description="Reads nothing: makes a new CA and serving certificate and writes them to the folder --out "
+        "(refused when it already holds a CA, unless --force), or prints them as a Secret with --secret.",
+    )
     p.add_argument("--service", default=DEFAULT_SERVICE, help="Service name (default: %(default)s)")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="its namespace (default: %(default)s)")
     p.add_argument("--ip", action="append", default=[], help="extra IP SAN, for URL webhooks (repeatable)")
@@ -80,13 +85,22 @@ def _add_create(actions: Any) -> None:
 
 
 def _add_ca_bundle(actions: Any) -> None:
-    p = actions.add_parser("ca-bundle", help="print the base64 caBundle for the webhook configurations")
+    p = actions.add_parser(
+        "ca-bundle",
+        help="print the base64 caBundle for the webhook configurations",
+        description="Reads ca-bundle.crt (else ca.crt) in the folder --dir and prints it base64-encoded.",
+    )
     p.add_argument("--dir", type=Path, required=True, help="certificate folder")
     p.set_defaults(run=run_ca_bundle)
 
 
 def _add_patch(actions: Any) -> None:
-    p = actions.add_parser("patch", help="print webhook configurations with their caBundle set")
+    p = actions.add_parser(
+        "patch",
+        help="print webhook configurations with their caBundle set",
+        description="Reads the webhook configurations from -f (a file, or - for stdin: `kubectl get ... -o yaml`) "
+        "and the bundle from the folder --dir; prints them with every caBundle set.",
+    )
     p.add_argument("--dir", type=Path, required=True, help="certificate folder")
     p.add_argument("-f", "--filename", required=True, help="YAML file (multi-document, or a List), or - for stdin")
     p.add_argument(
@@ -103,7 +117,8 @@ def _add_rotate(actions: Any) -> None:
         help="renew the serving certificate, or take one step of a two-phase CA rollover",
         description="Steady state: renew tls.crt when due. CA near expiry: phase 1 writes a new CA to next-ca.* and "
         "ca-bundle.crt with both CAs (publish it, then run rotate again); phase 2, once --published-bundle shows the "
-        "new CA, signs a new leaf with it. Re-publishing ca-bundle.crt after every run is always safe.",
+        "new CA, signs a new leaf with it. Re-publishing ca-bundle.crt after every run is always safe. Reads the folder "
+        "--dir, and the cluster's bundle only from --published-bundle (never the cluster itself).",
     )
     p.add_argument("--dir", type=Path, required=True, help="certificate folder made by `certs create`")
     p.add_argument(

@@ -19,7 +19,8 @@ def add_parser(commands: Any) -> None:
         "convert",
         help="rewrite legacy GPU requests in manifests; print objects then the templates they need",
         description="Converts Pods and the Pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, "
-        "Jobs and CronJobs. Output: multi-document YAML on stdout. On any error nothing is printed to stdout.",
+        "Jobs and CronJobs. Output: multi-document YAML on stdout. On any error nothing is printed to stdout. Reads the "
+        "files of -f (- for stdin) and the catalogue of --policies (./policies when it exists, else the shipped one).",
     )
     parser.add_argument("-f", "--filename", action="append", required=True, help="file, folder or - for stdin")
     parser.add_argument("-n", "--namespace", help="namespace for objects that name none")

@@ -13,7 +13,12 @@ from webhook.translate.deviceclasses import render_device_classes
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("deviceclasses", help="render the unified DeviceClasses for chosen drivers")
+    parser = commands.add_parser(
+        "deviceclasses",
+        help="render the unified DeviceClasses for chosen drivers",
+        description="Reads the catalogue (catalogue*.yaml of --policies: ./policies when it exists, else the "
+        "shipped one) and prints a DeviceClass per driver and kind of device.",
+    )
     parser.add_argument("--drivers", help="comma-separated catalogue driver names (default: all)")
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     add_policies_flag(parser)

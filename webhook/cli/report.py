@@ -2,7 +2,8 @@
 
 From files: ``dra-bridge report -f manifests/ [--policies DIR] [--deviceclasses FILE]``. From the
 cluster: ``dra-bridge report --cluster`` (kubeconfig or in-cluster), which reads workloads,
-namespace labels, policy ConfigMaps and DeviceClasses. Output: a table, JSON, or an HTML page.
+namespace labels, policy ConfigMaps and DeviceClasses. Output: a table, JSON, or an HTML page, on
+stdout or into ``--out FILE``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import Any
 import yaml
 
 from webhook.audit.report import build_report, render_html, render_table
-from webhook.cli.common import add_policies_flag, fail, load_index
+from webhook.cli.common import ClusterError, add_policies_flag, connect, fail, load_index, policies_dir
 from webhook.cli.convert import read_documents
 from webhook.quota.enforcement import PolicyStore
 from webhook.translate.catalogue import CatalogueError
+
+FORMATS = ("table", "json", "html")
 
 
 def add_parser(commands: Any) -> None:
@@ -29,15 +32,24 @@ def add_parser(commands: Any) -> None:
         help="which workloads still use legacy GPU requests, and what they would become",
         description="Reads manifests (-f) or a live cluster (--cluster) and reports every workload with legacy "
         "GPU requests: by namespace, tenant and legacy name, what it would become, what cannot be converted "
-        "and why, GPUs and GPU memory per tenant, and DeviceClasses that serve legacy names natively.",
+        "and why, GPUs and GPU memory per tenant, and DeviceClasses that serve legacy names natively. "
+        "With -f, tenants come from the quota*.yaml files of --policies (default ./policies when it exists, else "
+        "the shipped folder); with --cluster, from the policy ConfigMaps of --namespace.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-f", "--filename", action="append", help="file, folder or - for stdin")
-    source.add_argument("--cluster", action="store_true", help="read the cluster of the current kubeconfig")
+    source.add_argument(
+        "--cluster",
+        action="store_true",
+        help="read the cluster of the current kubeconfig ($KUBECONFIG, else ~/.kube/config)",
+    )
     parser.add_argument("--deviceclasses", type=Path, help="with -f: DeviceClasses (YAML) to find native names")
     parser.add_argument("--namespace", default="dra-bridge", help="with --cluster: where policy ConfigMaps live")
     parser.add_argument("--timeout", type=float, default=120.0, help="with --cluster: seconds to wait for caches")
-    parser.add_argument("-o", "--output", choices=("table", "json", "html"), default="table")
+    parser.add_argument(
+        "-o", "--output", choices=FORMATS, help="table, json or html (default: from --out's suffix, else table)"
+    )
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the report to FILE instead of stdout")
     add_policies_flag(parser)
     parser.set_defaults(run=run)
 
@@ -51,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cluster:
         try:
             objects, labels, native = _from_cluster(args, policies)
-        except TimeoutError as err:
+        except (TimeoutError, ClusterError) as err:
             return fail(str(err))
     else:
         try:
@@ -60,22 +72,34 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, yaml.YAMLError, ValueError) as err:
             return fail(str(err))
         labels = {}
-        if args.policies is not None:
-            from webhook.serving.server import policy_files
+        from webhook.serving.server import policy_files
 
-            for path in policy_files(args.policies):
-                policies.on_configmap("ADDED", _as_configmap(path))
+        for path in policy_files(policies_dir(args)):
+            policies.on_configmap("ADDED", _as_configmap(path))
     for name, error in policies.errors.items():
         print(f"warning: policy {name} ignored: {error}", file=sys.stderr)
     report = build_report(objects, index=index, policies=policies.current, namespace_labels=labels, native=native)
-    if args.output == "json":
-        json.dump(report.as_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.output == "html":
-        sys.stdout.write(render_html(report))
+    output = args.output or _format_of(args.out)
+    if output == "json":
+        text = json.dumps(report.as_json(), indent=2) + "\n"
+    elif output == "html":
+        text = render_html(report)
     else:
-        sys.stdout.write(render_table(report))
+        text = render_table(report)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        return fail(f"cannot write the report: {err}")
+    print(f"wrote the {output} report to {args.out}", file=sys.stderr)
     return 0
+
+
+def _format_of(out: Path | None) -> str:
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    return {"htm": "html", "html": "html", "json": "json"}.get(suffix, "table")
 
 
 def _as_configmap(path: Path) -> dict[str, Any]:
@@ -100,9 +124,7 @@ def _native_from_file(path: Path) -> dict[str, str]:
 def _from_cluster(
     args: argparse.Namespace, policies: PolicyStore
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]], dict[str, str]]:
-    from webhook.cluster.kube import KubeCluster
-
-    cluster = KubeCluster.from_environment(namespace=args.namespace)
+    cluster = connect(args.namespace)
     cluster.watch("policy-configmaps", policies.on_configmap)
     cluster.start()
     try:

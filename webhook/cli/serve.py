@@ -16,7 +16,11 @@ def add_parser(commands: Any) -> None:
         "serve",
         help="run the HTTPS admission webhook",
         description="Serves POST /mutate, POST /validate, GET /healthz, /readyz and /metrics over TLS. "
-        "Flags override DRA_BRIDGE_* environment variables.",
+        "Flags override DRA_BRIDGE_* environment variables. Reads by default: the catalogue and quota*.yaml of "
+        "./policies when it exists (else the shipped folder), tls.crt/tls.key from /etc/dra-bridge/tls, the cluster "
+        "of the in-cluster credentials or $KUBECONFIG; writes the audit log to /var/log/dra-bridge/audit.log. "
+        "With --dev: certificates in certs/dev/ (made when missing), an in-memory cluster seeded with the "
+        "quota*.yaml ConfigMaps, the audit log in .dra-bridge/audit.log, all relative to the current folder.",
     )
     parser.add_argument(
         "--dev",
@@ -27,7 +31,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--cert-dir", type=Path, help="folder with tls.crt and tls.key (reloaded when they change)")
     parser.add_argument("--client-ca", type=Path, help="require apiserver client certificates signed by this CA")
-    parser.add_argument("--policies", type=Path, help="folder with catalogue*.yaml and policy files")
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        help="folder with catalogue*.yaml and quota*.yaml (default: ./policies when it exists, else the shipped one)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for types: the metrics module stays free of the quota core at run time
+    from webhook.quota.enforcement import QuotaEnforcer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -18,6 +23,12 @@ def _labels(names: Sequence[str], values: Sequence[str]) -> str:
         return ""
     pairs = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
     return "{" + pairs + "}"
+
+
+def _number(value: float) -> str:
+    """Exact in the exposition format: ``{:g}`` keeps six digits, so a counter past a million or a
+    memory figure in bytes would move in steps."""
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def _escape(value: str) -> str:
@@ -42,7 +53,7 @@ class Counter:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         with self._lock:
             for key, value in sorted(self._values.items()):
-                lines.append(f"{self.name}{_labels(self.label_names, key)} {value:g}")
+                lines.append(f"{self.name}{_labels(self.label_names, key)} {_number(value)}")
         return lines
 
 
@@ -50,6 +61,11 @@ class Gauge(Counter):
     def set(self, *labels: str, value: float) -> None:
         with self._lock:
             self._values[labels] = value
+
+    def replace(self, values: Mapping[tuple[str, ...], float]) -> None:
+        """All label sets at once: label sets not given disappear (a tenant removed from the policy)."""
+        with self._lock:
+            self._values = dict(values)
 
     def render(self) -> list[str]:
         return [line.replace(" counter", " gauge") if line.startswith("# TYPE") else line for line in super().render()]
@@ -139,6 +155,21 @@ class Metrics:
             "dra_bridge_gc_settle_seconds", "Pause of the latest collect-and-freeze (webhook/serving/collector.py)."
         )
         self.claims_cached = Gauge("dra_bridge_claims_cached", "ResourceClaims in the usage cache.")
+        self.quota_usage = Gauge(
+            "dra_bridge_quota_usage",
+            "A tenant's usage per limited dimension (devices/<class or glob>, memory in bytes, compute in percent "
+            "of one GPU, claims), from the claim cache at scrape time.",
+            ("tenant", "dimension"),
+        )
+        self.quota_limit = Gauge(
+            "dra_bridge_quota_limit",
+            "A tenant's limit per dimension, in the units of dra_bridge_quota_usage.",
+            ("tenant", "dimension"),
+        )
+        self.cert_not_after = Gauge(
+            "dra_bridge_certificate_not_after_timestamp_seconds",
+            "Expiry of the serving certificate being served, in seconds since the epoch.",
+        )
         self.collectors: list[Callable[[], None]] = []  # refresh gauges from their sources at scrape time
 
     def render(self) -> str:
@@ -149,3 +180,45 @@ class Metrics:
             if isinstance(metric, Counter | Histogram):
                 lines.extend(metric.render())
         return "\n".join(lines) + "\n"
+
+
+def quota_figures(enforcer: QuotaEnforcer) -> Iterable[tuple[str, str, float, float]]:
+    """(tenant, dimension, used, limit) for every limited dimension of every named tenant.
+
+    Namespaces in no tenant (the policy's ``default``, one pool per namespace) are left out: one
+    series per namespace would grow without bound.
+    """
+    for tenant in enforcer.policies.current.tenants:
+        namespaces = enforcer.members(tenant)
+        usage = enforcer.ledger.usage(namespaces) if namespaces else None
+        limits = tenant.limits
+        for pattern, limit in limits.devices.items():
+            yield tenant.name, f"devices/{pattern}", float(usage.matched.get(pattern, 0) if usage else 0), float(limit)
+        if limits.memory is not None:
+            yield tenant.name, "memory", float(usage.memory if usage else 0), float(limits.memory)
+        if limits.compute is not None:
+            yield tenant.name, "compute", float(usage.compute if usage else 0), float(limits.compute)
+        if limits.claims is not None:
+            yield tenant.name, "claims", float(usage.claims if usage else 0), float(limits.claims)
+
+
+def collect_quota(metrics: Metrics, enforcer: QuotaEnforcer) -> Callable[[], None]:
+    """A collector that refreshes the per-tenant usage and limit gauges when /metrics is scraped."""
+
+    def collect() -> None:
+        figures = list(quota_figures(enforcer))
+        metrics.quota_usage.replace({(t, d): used for t, d, used, _ in figures})
+        metrics.quota_limit.replace({(t, d): limit for t, d, _, limit in figures})
+
+    return collect
+
+
+def collect_certificate(metrics: Metrics, not_after: Callable[[], datetime | None]) -> Callable[[], None]:
+    """A collector that exports the serving certificate's expiry (``CertificateReloader.not_after``)."""
+
+    def collect() -> None:
+        when = not_after()
+        if when is not None:
+            metrics.cert_not_after.set(value=when.timestamp())
+
+    return collect

@@ -27,7 +27,7 @@ from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.serving.collector import settle
 from webhook.serving.http import create_app
-from webhook.serving.metrics import Metrics
+from webhook.serving.metrics import Metrics, collect_certificate, collect_quota
 from webhook.serving.settings import Settings
 from webhook.serving.tls import CertificateReloader, server_ssl_context
 from webhook.translate.catalogue import load_catalogue
@@ -118,6 +118,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         metrics.claims_cached.set(value=float(quota.ledger.claim_count))
 
     metrics.collectors.append(collect)
+    metrics.collectors.append(collect_quota(metrics, quota))
 
     if audit is None:
         target = settings.audit_file
@@ -171,6 +172,7 @@ def serve(settings: Settings) -> None:
         settings = settings.model_copy(update={"cert_dir": DEV_CERT_DIR})
     runtime = build_runtime(settings)
     context, reloader = serving_tls(settings)
+    runtime.metrics.collectors.append(collect_certificate(runtime.metrics, lambda: reloader.not_after))
 
     server = uvicorn_server(
         runtime.app,
