@@ -29,12 +29,11 @@ import yaml
 
 from webhook.cli.common import ClusterError, add_policies_flag, connect, fail, load_index, policies_dir
 from webhook.cluster import ClusterPort
+from webhook.labels import CATALOGUE_KEY, CATALOGUE_LABEL
 from webhook.quota.charge import DRIVER_PREFIX, KIND_PREFIX, ZERO
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.quota.policy import PolicyError, PolicySet, PolicySource, Tenant, build_policy_set, parse_policy_document
 from webhook.translate.catalogue import (
-    CATALOGUE_KEY,
-    CATALOGUE_LABEL,
     DEVICE_KINDS,
     KIND,
     CatalogueError,
