@@ -73,6 +73,13 @@ class TemplateTampered(Denial):
     code = 403
 
 
+class TenantMove(Denial):
+    """A namespace would move between tenants (its tenant labels change) by a user who is not an admin."""
+
+    reason = "Forbidden"
+    code = 403
+
+
 class InvalidPolicy(Denial):
     """A policy or catalogue ConfigMap an admin is saving does not parse or does not check."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.admission.helpers import request
@@ -379,3 +380,129 @@ def test_namespace_relabel_moves_usage_to_the_new_tenant(index: CatalogueIndex) 
     assert env.create_claim(claim("b", count=2)).outcome == "denied"  # lab's usage counts for research
     env.cluster.add_namespace("lab", {})
     assert env.create_claim(claim("b", count=1)).outcome == "allowed"
+
+
+# -- every path: what a tenant can try with kubectl ----------------------------------------------
+def namespace_review(name: str, labels: dict[str, str], old: dict[str, str] | None, *, user: str, groups: list[str]) -> Any:
+    from webhook.admission.review import AdmissionRequest
+
+    def obj(lbls: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": lbls}}
+
+    return AdmissionRequest.model_validate(
+        {
+            "uid": "ns-1",
+            "kind": {"group": "", "version": "v1", "kind": "Namespace"},
+            "resource": {"group": "", "version": "v1", "resource": "namespaces"},
+            "name": name,
+            "operation": "UPDATE" if old is not None else "CREATE",
+            "userInfo": {"username": user, "groups": groups},
+            "object": obj(labels),
+            "oldObject": obj(old) if old is not None else None,
+        }
+    )
+
+
+def test_moving_a_namespace_between_tenants_is_an_admin_act(index: CatalogueIndex) -> None:
+    env = Env(index, RESEARCH)
+    move = namespace_review("sandbox", {"dra-bridge.io/tenant": "inference"}, {}, user="alice", groups=["team-a"])
+    denied = env.admission.validate(move)
+    assert denied.outcome == "denied" and denied.reason == "tenant-move"
+    assert "namespace sandbox: from tenant namespace:sandbox to tenant inference is an admin act" in denied.message
+    joined = namespace_review("new-ns", {"dra-bridge.io/tenant": "inference"}, None, user="alice", groups=["team-a"])
+    assert env.admission.validate(joined).outcome == "denied"  # creating into a tenant is a move too
+    admin = namespace_review("sandbox", {"dra-bridge.io/tenant": "inference"}, {}, user="root", groups=["system:masters"])
+    decision = env.admission.validate(admin)
+    assert decision.outcome == "allowed" and decision.reason == "tenant-moved"
+    assert decision.message == "namespace sandbox: from tenant namespace:sandbox to tenant inference by root"
+    unrelated = namespace_review("sandbox", {"team": "x"}, {}, user="alice", groups=["team-a"])
+    assert env.admission.validate(unrelated).reason == "tenant-unchanged"
+    plain = namespace_review("brand-new", {"team": "x"}, None, user="alice", groups=["team-a"])
+    assert env.admission.validate(plain).outcome == "allowed"
+
+
+def gpu_pod_with_claims(*claims: dict[str, Any], labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    obj = pod(container())
+    obj["metadata"]["labels"] = labels or {}
+    obj["spec"]["resourceClaims"] = list(claims)
+    obj["spec"].update(spec)
+    return obj
+
+
+PER_POD = {
+    "tenants": [
+        {"name": "research", "namespaces": ["ml-research"], "limits": {"perPod": {"devices": 2}, "devices": {"kind:gpu": 10}}}
+    ]
+}
+
+
+def test_opting_out_skips_conversion_never_quota(index: CatalogueIndex) -> None:
+    env = Env(index, PER_POD)
+    for i in range(3):
+        env.cluster.add_claim(claim(f"held-{i}"))
+    obj = gpu_pod_with_claims(
+        *({"name": f"c{i}", "resourceClaimName": f"held-{i}"} for i in range(3)), labels={"dra-bridge.io/ignore": "true"}
+    )
+    decision = env.admission.validate(request(obj, namespace="ml-research"))
+    assert decision.outcome == "denied"
+    assert "perPod.devices" in {f.dimension for f in decision.quota}
+
+
+def test_a_pod_naming_claims_that_do_not_exist_yet_is_refused_under_per_pod_limits(index: CatalogueIndex) -> None:
+    env = Env(index, PER_POD)
+    obj = gpu_pod_with_claims({"name": "later", "resourceClaimTemplateName": "made-after-the-pod"})
+    decision = env.admission.validate(request(obj, namespace="ml-research"))
+    assert decision.outcome == "denied"
+    assert "ResourceClaimTemplate made-after-the-pod, which does not exist yet" in decision.message
+
+
+def test_a_natively_mapped_name_is_checked_at_pod_admission(index: CatalogueIndex) -> None:
+    env = Env(index, PER_POD)
+    env.cluster.add_device_class(
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": "gpu.nvidia.com"},
+            "spec": {
+                "selectors": [{"cel": {"expression": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}],
+                "extendedResourceName": "nvidia.com/gpu",
+            },
+        }
+    )
+    obj = pod(container(limits={"nvidia.com/gpu": "3"}))
+    decision = env.admission.validate(request(obj, namespace="ml-research"))
+    assert decision.outcome == "denied"
+    assert "devices per Pod: requested 3" in decision.message
+
+
+def test_a_dry_run_pod_gets_the_answer_the_real_create_gets(index: CatalogueIndex) -> None:
+    from tests.admission.helpers import decode_patch
+    from webhook.admission.jsonpatch import apply
+
+    env = Env(index, PER_POD)
+    answers = []
+    for dry_run in (True, False):
+        obj = pod(container(limits={"nvidia.com/gpu": "3"}))
+        mutated = env.admission.mutate(request(obj, namespace="ml-research", dry_run=dry_run))
+        patched = apply(obj, decode_patch(mutated.response.patch or ""))
+        answers.append(env.admission.validate(request(patched, namespace="ml-research", dry_run=dry_run)))
+    assert [a.outcome for a in answers] == ["denied", "denied"]
+    assert answers[0].message == answers[1].message
+
+
+def test_a_decision_that_cannot_be_recorded_gives_its_reservation_back(index: CatalogueIndex) -> None:
+    from webhook.audit.log import AuditLog
+    from webhook.errors import AuditWriteError
+
+    class Broken:
+        def write(self, line: str) -> None:
+            raise AuditWriteError("disk full")
+
+        def close(self) -> None:
+            return None
+
+    env = Env(index, RESEARCH)
+    audited = AuditLog(Broken()).audited("validate", env.admission.validate)  # type: ignore[arg-type]
+    with pytest.raises(AuditWriteError):
+        audited(request(claim("c1"), kind="ResourceClaim", namespace="ml-research"))
+    assert env.quota.ledger.reservation_count == 0

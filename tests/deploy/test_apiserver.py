@@ -210,15 +210,22 @@ def assert_not_dialed(error: str) -> None:
     assert "dial" not in error and "tls:" not in error, error
 
 
-def test_system_and_opted_out_namespaces_and_pods_are_never_sent(cluster: ControlPlane) -> None:
+def test_system_namespaces_are_never_sent_and_opted_out_pods_only_to_quota(cluster: ControlPlane) -> None:
     for name, namespace, obj in (
         ("gpu-system", "kube-system", pod(container(limits=dict(GPU)))),
         ("gpu-own", "dra-bridge", restricted_gpu_pod()),
+    ):
+        proc = create_pod(cluster, name, namespace, obj)
+        assert proc.returncode == 0, f"{namespace}/{name}: {proc.stderr}"
+    # Opting out skips conversion (the mutating webhook, Ignore, is not called), never quota: the
+    # validating webhook (Fail) is, so with no endpoints the Pod is refused by it alone.
+    for name, namespace, obj in (
         ("gpu-opted-out-ns", "opted-out", pod(container(limits=dict(GPU)))),
         ("gpu-opted-out-pod", "team-a", labelled(pod(container(limits=dict(GPU))), {"dra-bridge.io/ignore": "true"})),
     ):
         proc = create_pod(cluster, name, namespace, obj)
-        assert proc.returncode == 0, f"{namespace}/{name}: {proc.stderr}"
+        assert proc.returncode != 0 and "pods.validate.dra-bridge.io" in proc.stderr, proc.stderr
+        assert "pods.mutate.dra-bridge.io" not in proc.stderr
 
 
 def test_policy_configmaps_are_checked_and_other_configmaps_are_not(cluster: ControlPlane) -> None:

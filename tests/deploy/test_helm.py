@@ -170,7 +170,7 @@ def test_values_change_what_they_say(helm: Path, tmp_path: Path) -> None:
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/dra-bridge:1.2.3"
     hooks = [h for d in docs if d["kind"].endswith("WebhookConfiguration") for h in d["webhooks"]]
-    assert len(hooks) == 6 and all(h["clientConfig"]["caBundle"] == "Q0E=" for h in hooks)
+    assert len(hooks) == 7 and all(h["clientConfig"]["caBundle"] == "Q0E=" for h in hooks)
 
 
 @pytest.fixture(scope="module")

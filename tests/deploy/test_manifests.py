@@ -392,9 +392,10 @@ def test_validating_webhooks_cover_pods_claims_templates_and_policy_configmaps(b
         ],
         "policies.validate.dra-bridge.io": [("", "configmaps", ("CREATE", "UPDATE"))],
         "catalogues.validate.dra-bridge.io": [("", "configmaps", ("CREATE", "UPDATE"))],
+        "namespaces.validate.dra-bridge.io": [("", "namespaces", ("CREATE", "UPDATE"))],
     }
-    for webhook in hooks.values():
-        assert webhook["failurePolicy"] == "Fail"
+    for name, webhook in hooks.items():
+        assert webhook["failurePolicy"] == ("Ignore" if name == "namespaces.validate.dra-bridge.io" else "Fail")
         assert webhook["sideEffects"] == "None"
         assert webhook["timeoutSeconds"] == 5
 
@@ -413,7 +414,7 @@ def test_configmap_webhooks_see_only_labelled_configmaps_of_the_webhook_namespac
         assert webhook["objectSelector"] == {"matchLabels": {label: "true"}}
 
 
-def test_workload_webhooks_skip_system_namespaces_and_opted_out_ones(docs: Docs) -> None:
+def test_workload_webhooks_skip_system_namespaces_and_only_conversion_skips_opted_out_ones(docs: Docs) -> None:
     for _, webhook in all_webhooks(docs):
         if webhook["name"].split(".")[0] in ("policies", "catalogues"):
             continue
@@ -421,20 +422,19 @@ def test_workload_webhooks_skip_system_namespaces_and_opted_out_ones(docs: Docs)
         by_key = {e["key"]: e for e in expressions}
         names = by_key["kubernetes.io/metadata.name"]
         assert names["operator"] == "NotIn" and set(names["values"]) == SYSTEM_NAMESPACES, webhook["name"]
-        assert by_key["dra-bridge.io/ignore"] == {
-            "key": "dra-bridge.io/ignore",
-            "operator": "NotIn",
-            "values": ["true"],
-        }
         assert "matchLabels" not in webhook["namespaceSelector"]
+        if webhook["name"] == "pods.mutate.dra-bridge.io":
+            assert by_key["dra-bridge.io/ignore"] == {"key": "dra-bridge.io/ignore", "operator": "NotIn", "values": ["true"]}
+        else:  # opting out skips conversion, never quota
+            assert "dra-bridge.io/ignore" not in by_key, webhook["name"]
+            assert "objectSelector" not in webhook, webhook["name"]
 
 
 def test_pod_webhooks_honour_the_pod_opt_out_label_and_share_one_match_condition(docs: Docs) -> None:
     pods = [mutating(docs), validating(docs)["pods.validate.dra-bridge.io"]]
-    for webhook in pods:
-        assert webhook["objectSelector"] == {
-            "matchExpressions": [{"key": "dra-bridge.io/ignore", "operator": "NotIn", "values": ["true"]}]
-        }
+    assert pods[0]["objectSelector"] == {
+        "matchExpressions": [{"key": "dra-bridge.io/ignore", "operator": "NotIn", "values": ["true"]}]
+    }
     assert [c["name"] for c in pods[0]["matchConditions"]] == ["legacy-gpu-request"]
     assert [c["name"] for c in pods[1]["matchConditions"]] == ["legacy-gpu-request-or-claim-templates"]
     # the validating webhook sees every Pod the mutating one does, and Pods that claim through templates

@@ -46,24 +46,22 @@ def matches(program: celpy.Runner, obj: dict[str, Any]) -> bool:
 
 def test_the_validating_pod_webhook_sees_what_the_mutating_one_does_and_claim_templates() -> None:
     """The validating webhook refuses unconverted Pods (the mutating expression) and checks the
-    quota of Pods that claim through templates (converted Pods among them)."""
+    quota of Pods that claim devices, through templates or by name (per-Pod limits count both)."""
     assert len(POD_WEBHOOKS) == 2
     assert VALIDATE_EXPRESSION.startswith(EXPRESSION)
-    assert "object.spec.resourceClaims.exists(r, has(r.resourceClaimTemplateName))" in VALIDATE_EXPRESSION
+    assert "(has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)" in VALIDATE_EXPRESSION
 
 
 @pytest.mark.parametrize(
     ("claims", "expected"),
     [
         ([{"name": "gpu-main", "resourceClaimTemplateName": "dra-bridge-1234"}], True),
-        (
-            [{"name": "mine", "resourceClaimName": "shared-claim"}],
-            False,
-        ),  # an existing claim: charged when it was created
+        # an existing claim: charged when it was created, and counted for the Pod's per-Pod limits
+        ([{"name": "mine", "resourceClaimName": "shared-claim"}], True),
         ([], False),
     ],
 )
-def test_the_validating_expression_selects_pods_with_claim_templates(
+def test_the_validating_expression_selects_pods_that_claim_devices(
     claims: list[dict[str, str]], expected: bool
 ) -> None:
     env = celpy.Environment()

@@ -6,6 +6,7 @@ A ``Decision`` is the response plus the facts behind it; its quota figures are t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,4 +34,6 @@ class Decision:
     quota: tuple[QuotaFigure, ...] = ()
     policy_version: str | None = None  # the active policy set's version (resourceVersions or a hash)
     extra: dict[str, str] = field(default_factory=dict)
+    # Undoes what deciding reserved (a quota reservation) when the decision cannot be answered.
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 

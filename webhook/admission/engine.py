@@ -8,16 +8,25 @@ propagates and the HTTP layer answers as ``webhook.errors.failure_of`` says.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission.decision import Decision, Webhook
 from webhook.admission.jsonpatch import diff
 from webhook.admission.review import AdmissionRequest, allowed, denied, patched
-from webhook.admission.templates import TemplateProvisioner
+from webhook.admission.templates import PlannedTemplates, TemplateProvisioner
 from webhook.cluster import ClusterPort
-from webhook.errors import Denial, InvalidPolicy, MalformedReview, NotReady, TemplateTampered, Unconverted, code_of
+from webhook.errors import (
+    Denial,
+    InvalidPolicy,
+    MalformedReview,
+    NotReady,
+    TemplateTampered,
+    TenantMove,
+    Unconverted,
+    code_of,
+)
 from webhook.labels import (
     CATALOGUE_KEY,
     CATALOGUE_LABEL,
@@ -30,7 +39,7 @@ from webhook.labels import (
 from webhook.quota.enforcement import QuotaEnforcer, QuotaResult
 from webhook.quota.policy import PolicyError, PolicySource
 from webhook.translate.catalogue import CatalogueError, CatalogueIndex, parse_document
-from webhook.translate.claims import spec_hash
+from webhook.translate.claims import native_claims, spec_hash
 from webhook.translate.rewrite import opted_out, rewrite_pod
 
 MAX_WARNING = 120
@@ -40,6 +49,7 @@ MAX_WARNING = 120
 class AdmissionSettings:
     leave_native: bool = True  # KEP-5004: leave names a DeviceClass serves natively, and warn
     require_conversion: bool = True  # validate: refuse Pods that still carry convertible legacy requests
+    tenant_admin_groups: frozenset[str] = frozenset({"system:masters"})  # may move namespaces between tenants
 
 
 class Admission:
@@ -59,6 +69,7 @@ class Admission:
         self.templates = provisioner or TemplateProvisioner(cluster)
         self.quota = quota
         self._catalogue_documents = catalogue_documents or (lambda: [])
+        self._planned = PlannedTemplates()
 
     # -- mutate ------------------------------------------------------------------------------
     def mutate(self, request: AdmissionRequest) -> Decision:
@@ -78,6 +89,8 @@ class Admission:
         if not plan.changed:
             reason = "native-extended-resource" if plan.warnings else "no-legacy-request"
             return _allow("mutate", request, reason, warnings=warnings)
+        for template in plan.templates:  # a dry run's Pod is checked against what the real create makes
+            self._planned.remember(template)
         created = tuple(
             t["metadata"]["name"] for t in plan.templates if self.templates.ensure(t, dry_run=request.dry_run)
         )
@@ -121,7 +134,7 @@ class Admission:
         kind = request.kind.kind
         if request.operation not in ("CREATE", "UPDATE") or request.sub_resource:
             return _allow("validate", request, "not-checked")
-        if kind in ("Pod", "ResourceClaim", "ResourceClaimTemplate", "ConfigMap"):
+        if kind in ("Pod", "ResourceClaim", "ResourceClaimTemplate", "ConfigMap", "Namespace"):
             self._require_ready()
         if kind == "Pod" and request.operation == "CREATE":
             return self._validate_pod(request)
@@ -131,15 +144,50 @@ class Admission:
             return self._validate_template(request)
         if kind == "ConfigMap":
             return self._validate_configmap(request)
+        if kind == "Namespace" and not request.namespace:
+            return self._validate_namespace(request)
         return _allow("validate", request, "not-checked")
+
+    def _validate_namespace(self, request: AdmissionRequest) -> Decision:
+        """Moving a namespace between tenants is an admin act, refused to anyone else and recorded."""
+        if self.quota is None:
+            return _allow("validate", request, "not-checked")
+        namespace = _object(request)
+        name = request.name or str((namespace.get("metadata") or {}).get("name", ""))
+        new = _labels(namespace)
+        old = _labels(request.old_object or {})
+        policy_set = self.quota.policies.current
+        # A new namespace starts where its name alone puts it (an explicit list, else the default).
+        before = policy_set.tenant_for(name, old if request.operation == "UPDATE" else {})
+        after = policy_set.tenant_for(name, new)
+        was = before.name if before is not None else "none"
+        becomes = after.name if after is not None else "none"
+        if was == becomes:
+            return _allow("validate", request, "tenant-unchanged")
+        user = request.user_info
+        admins = self._settings.tenant_admin_groups
+        move = f"namespace {name}: from tenant {was} to tenant {becomes}"
+        if user.username not in admins and not admins.intersection(user.groups):
+            raise TenantMove(
+                f"{move} is an admin act (the labels that decide a namespace's tenant); user {user.username!r} "
+                f"is in none of the groups {', '.join(sorted(admins))}"
+            )
+        return Decision(
+            webhook="validate",
+            response=allowed(request.uid),
+            outcome="allowed",
+            reason="tenant-moved",
+            message=f"{move} by {user.username}",
+            tenant=becomes if after is not None else None,
+            policy_version=policy_set.version,
+        )
 
     def _validate_pod(self, request: AdmissionRequest) -> Decision:
         pod = _object(request)
         namespace = _namespace(request, pod)
-        if self._skipped(pod, namespace):
-            return _allow("validate", request, "opt-out")
-        if self._settings.require_conversion:
-            native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
+        skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
+        native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
+        if self._settings.require_conversion and not skipped:
             plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
             if plan.changed:
                 names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
@@ -149,17 +197,47 @@ class Admission:
                     "to keep them"
                 )
         if self.quota is None:
-            return _allow("validate", request, "no-legacy-request")
-        specs = []
-        for claim in (pod.get("spec") or {}).get("resourceClaims") or []:
-            name = claim.get("resourceClaimTemplateName")
-            template = self._cluster.get_template(namespace, name) if name else None
-            if template is not None:
-                specs.append((template.get("spec") or {}).get("spec") or {})
-        result = self.quota.check_static(
-            namespace=namespace, claim_specs=specs, scope="pod", rule_input=_rule_base(request, pod=pod)
+            return _allow("validate", request, "opt-out" if skipped else "no-legacy-request")
+        new_claims, existing, missing = self._pod_claims(pod, namespace, native)
+        result = self.quota.check_pod(
+            namespace=namespace,
+            new_claims=new_claims,
+            existing_claims=existing,
+            missing=missing,
+            rule_input=_rule_base(request, pod=pod),
         )
         return self._quota_decision(request, result, allowed_reason="within-quota")
+
+    def _pod_claims(
+        self, pod: dict[str, Any], namespace: str, native: Mapping[str, str]
+    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """Every claim a Pod will use, however it is named: the specs of the claims it will produce
+        (from its templates, and from the extended resources a DeviceClass serves natively, which
+        kube-scheduler turns into a claim), the names of the claims it names that exist, and what
+        it names that does not exist yet."""
+        spec = pod.get("spec") or {}
+        new_claims: list[dict[str, Any]] = []
+        existing: list[str] = []
+        missing: list[str] = []
+        for entry in spec.get("resourceClaims") or ():
+            template_name = entry.get("resourceClaimTemplateName")
+            claim_name = entry.get("resourceClaimName")
+            if template_name:
+                template = self._cluster.get_template(namespace, template_name) or self._planned.get(
+                    (namespace, template_name)
+                )
+                if template is None:
+                    missing.append(f"ResourceClaimTemplate {template_name}")
+                else:
+                    new_claims.append((template.get("spec") or {}).get("spec") or {})
+            elif claim_name:
+                if self.quota is not None and self.quota.ledger.charge_of(namespace, claim_name) is not None:
+                    existing.append(claim_name)
+                else:
+                    missing.append(f"ResourceClaim {claim_name}")
+        if native:
+            new_claims.extend(native_claims(pod, native))
+        return new_claims, existing, missing
 
     def _validate_claim(self, request: AdmissionRequest) -> Decision:
         claim = _object(request)
@@ -235,6 +313,7 @@ class Admission:
                 tenant=tenant,
                 quota=figures,
                 policy_version=result.policy_version,
+                release=result.release,
             )
         reason = allowed_reason if result.tenant is not None else "no-tenant-policy"
         return Decision(
@@ -245,6 +324,7 @@ class Admission:
             tenant=tenant,
             quota=figures,
             policy_version=result.policy_version,
+            release=result.release,
         )
 
 
@@ -276,6 +356,11 @@ def _rule_base(
             "kind": request.kind.kind,
         },
     }
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
 
 
 def _object(request: AdmissionRequest) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +77,30 @@ class TemplateProvisioner:
                 self._verified.pop(key, None)
             deleted.append(key)
         return deleted
+
+
+class PlannedTemplates:
+    """The templates the latest mutations planned, by (namespace, name), bounded: a dry-run Pod's
+    templates are never created, so its validation reads what the mutation would have created
+    (the real create finds them in the cluster). Per replica: a dry run whose two webhook calls
+    reach different replicas is refused where the tenant has per-Pod limits or Pod rules."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._templates: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, template: dict[str, Any]) -> None:
+        key = (template["metadata"]["namespace"], template["metadata"]["name"])
+        with self._lock:
+            self._templates[key] = template
+            self._templates.move_to_end(key)
+            while len(self._templates) > self._size:
+                self._templates.popitem(last=False)
+
+    def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        with self._lock:
+            return self._templates.get(key)
 
 
 def check_same(existing: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -245,7 +245,12 @@ class AuditLog:
                 raise
             if annotate:
                 decision = annotated(decision)
-            self.record(decision, request, time.perf_counter() - started)
+            try:
+                self.record(decision, request, time.perf_counter() - started)
+            except AuditWriteError:
+                if decision.release is not None:
+                    decision.release()  # never answered: whatever it reserved goes back now
+                raise
             return decision
 
         return decide

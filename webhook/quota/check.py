@@ -30,6 +30,7 @@ def check(
     scope: Scope,
     per_claim: tuple[Charge, ...] = (),
     rule_input: Mapping[str, Any] | None = None,
+    pod_charge: Charge | None = None,
 ) -> list[QuotaFigure]:
     """Every figure compared for this admission; those with ``exceeded`` are the violations.
 
@@ -38,7 +39,7 @@ def check(
     statically (allowed classes and profiles, per-claim maxima).
     """
     policy = str(tenant.source)
-    who = _who(tenant)
+    who = describe_tenant(tenant)
     figures: list[QuotaFigure] = []
     refused = [
         ("class", "DeviceClass", c, tenant.allowed_classes) for c in charge.devices if not tenant.allows_class(c)
@@ -57,7 +58,8 @@ def check(
         for claim in claims:
             figures.extend(_maxima(claim, limits.per_claim, "perClaim", who=who, policy=policy))
     if scope == "pod" and limits.per_pod is not None:
-        figures.extend(_maxima(charge, limits.per_pod, "perPod", who=who, policy=policy))
+        # Everything the Pod uses, claims that exist already included (they are in usage, not in ``charge``).
+        figures.extend(_maxima(pod_charge or charge, limits.per_pod, "perPod", who=who, policy=policy))
     if scope != "template":
         figures.extend(_totals(charge, usage, tenant, who=who, policy=policy))
     if rule_input is not None:
@@ -69,7 +71,7 @@ def violations(figures: list[QuotaFigure]) -> list[QuotaFigure]:
     return [f for f in figures if f.exceeded]
 
 
-def _who(tenant: Tenant) -> str:
+def describe_tenant(tenant: Tenant) -> str:
     if tenant.is_default:
         return f"tenant {tenant.name} (default limits)"
     return f"tenant {tenant.name}"

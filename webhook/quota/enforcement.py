@@ -9,16 +9,17 @@ a few dict lookups and the sum over the tenant's namespaces.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook.cluster import ClusterPort, EventType
 from webhook.labels import POLICY_KEY
 from webhook.quota.charge import ZERO, Charge, Pricer, basis, charge
-from webhook.quota.check import Scope, check, violations
+from webhook.quota.check import Scope, check, describe_tenant, violations
 from webhook.quota.coordination import LeaseCoordinator
 from webhook.quota.devices import DeviceShape, models_of
 from webhook.quota.figure import QuotaFigure
@@ -119,6 +120,7 @@ class QuotaResult:
     figures: tuple[QuotaFigure, ...]
     denied: tuple[QuotaFigure, ...]
     policy_version: str
+    release: Callable[[], None] | None = None  # gives the reservation back if the decision is not answered
 
     @property
     def message(self) -> str:
@@ -266,11 +268,13 @@ class QuotaEnforcer:
                 fits=fits,
                 reserve=not dry_run,
             )
+            release = None  # the Lease's reservation expires after its TTL
         else:
-            self.ledger.admit(
+            _, _, token = self.ledger.admit(
                 namespace=namespace, namespaces=namespaces, requested=requested, fits=fits, reserve=not dry_run
             )
-        return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
+            release = functools.partial(self.ledger.release, namespace, token) if token is not None else None
+        return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version, release)
 
     def check_static(
         self, *, namespace: str, claim_specs: list[Mapping[str, Any]], scope: Scope, rule_input: dict[str, Any]
@@ -291,6 +295,49 @@ class QuotaEnforcer:
             scope=scope,
             per_claim=per_claim,
             rule_input=self._rule_input(rule_input, tenant, usage, total) if tenant.rules else None,
+        )
+        return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
+
+    def check_pod(
+        self,
+        *,
+        namespace: str,
+        new_claims: Sequence[Mapping[str, Any]],
+        existing_claims: Sequence[str],
+        missing: Sequence[str],
+        rule_input: dict[str, Any],
+    ) -> QuotaResult:
+        """A Pod: the claims it will produce (its templates, the extended resources the scheduler
+        maps natively) against the tenant's totals; those and the claims it names that exist
+        already against the per-Pod maxima and the rules. ``missing`` names claims or templates that
+        do not exist yet: a tenant with per-Pod limits or rules cannot have them checked later, so
+        the Pod is refused until they exist."""
+        tenant = self.tenant_of(namespace)
+        version = self.policies.current.version
+        if tenant is None or not (new_claims or existing_claims or missing):
+            return QuotaResult(tenant, (), (), version)
+        policy = str(tenant.source)
+        if missing and (tenant.limits.per_pod is not None or tenant.rules):
+            figure = QuotaFigure(
+                "perPod.unknown", "-", "-", "-", policy, True,
+                f"{describe_tenant(tenant)}: the Pod names {', '.join(missing)}, which does not exist yet; per-Pod "
+                f"limits and Pod rules are checked when the Pod is created, so create it first [policy {policy}]",
+            )  # fmt: skip
+            return QuotaResult(tenant, (figure,), (figure,), version)
+        self.refresh()
+        per_claim = tuple(charge(basis(spec), pricer=self.ledger.pricer) for spec in new_claims)
+        total = sum(per_claim, ZERO)
+        held = sum((self.ledger.charge_of(namespace, name) or ZERO for name in existing_claims), ZERO)
+        usage = self.ledger.usage(self.namespaces_of(tenant, namespace))
+        whole_pod = total + held
+        figures = check(
+            total,
+            tenant=tenant,
+            usage=usage,
+            scope="pod",
+            per_claim=per_claim,
+            rule_input=self._rule_input(rule_input, tenant, usage, whole_pod) if tenant.rules else None,
+            pod_charge=whole_pod,
         )
         return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
 

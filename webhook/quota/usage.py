@@ -115,6 +115,12 @@ class UsageLedger:
                     shape = claims[name] = self._shapes[claim_basis]
                     self._add(namespace, shape[1])
 
+    def charge_of(self, namespace: str, name: str) -> Charge | None:
+        """The charge of a stored claim, None when the cache has not seen it."""
+        with self._lock:
+            shape = (self._claims.get(namespace) or {}).get(name)
+            return shape[1] if shape is not None else None
+
     # -- the admission side --------------------------------------------------------------------
     def usage(self, namespaces: Iterable[str]) -> Charge:
         with self._lock:
@@ -129,14 +135,15 @@ class UsageLedger:
         requested: Charge,
         fits: Callable[[Charge], bool],
         reserve: bool,
-    ) -> tuple[bool, Charge]:
+    ) -> tuple[bool, Charge, int | None]:
         """Atomically: compute usage (claims + live reservations) of the tenant's ``namespaces``,
         ask ``fits(usage)``, and reserve ``requested`` in ``namespace`` if it fits and ``reserve``.
-        Returns (fits, the usage it was judged against)."""
+        Returns (fits, the usage it was judged against, the reservation's token or None)."""
         with self._lock:
             self._expire()
             current = self._usage(namespaces)
             ok = fits(current)
+            token = None
             if ok and reserve:
                 self._next_token += 1
                 expires = self.clock() + self.reservation_ttl
@@ -145,7 +152,13 @@ class UsageLedger:
                 )
                 self._reserved[namespace] = self._reserved.get(namespace, ZERO) + requested
                 self._expiry.append((expires, namespace, self._next_token))
-            return ok, current
+                token = self._next_token
+            return ok, current, token
+
+    def release(self, namespace: str, token: int) -> None:
+        """Give a reservation back at once: the decision that made it was never answered."""
+        with self._lock:
+            self._release(namespace, token)
 
     def committed(self, namespaces: Iterable[str]) -> tuple[Charge, list[Observation]]:
         """Usage of stored claims only (no reservations), and the claims seen appearing lately."""

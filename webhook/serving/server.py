@@ -98,6 +98,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         settings=AdmissionSettings(
             leave_native=settings.leave_native_extended_resources,
             require_conversion=settings.require_conversion,
+            tenant_admin_groups=frozenset(settings.tenant_admin_groups),
         ),
         quota=quota,
         catalogue_documents=catalogue.documents,

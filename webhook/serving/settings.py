@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     policies_dir: Path = Field(default_factory=default_policies_dir)
     namespace: str = "dra-bridge"  # where policy and catalogue ConfigMaps live
     max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
-    template_gc_grace_seconds: float = Field(default=3600.0, ge=0)
+    # A template no Pod references and nobody used for this long is deleted at the next sweep: one
+    # made for a Pod that was then refused lingers at most grace + interval (15 minutes by default).
+    template_gc_grace_seconds: float = Field(default=600.0, ge=0)
     template_gc_interval_seconds: float = Field(default=300.0, gt=0)
     cert_reload_interval_seconds: float = Field(default=5.0, gt=0)
     quota_coordination: Literal["local", "lease"] = "lease"  # lease: exact across replicas (one write per claim)
@@ -37,6 +39,8 @@ class Settings(BaseSettings):
     replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     leave_native_extended_resources: bool = True
     require_conversion: bool = True
+    # Who may move a namespace between tenants (change the labels that decide its tenant).
+    tenant_admin_groups: tuple[str, ...] = ("system:masters",)
     audit_file: str = "/var/log/dra-bridge/audit.log"  # "-": JSON lines on stdout, for log collectors
     audit_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     audit_max_files: int = Field(default=10, ge=0)  # rotated files kept beside the current one

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -23,7 +23,7 @@ from webhook.errors import TranslationError
 from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, SUMMARY_ANNOTATION, TEMPLATE_LABEL
 from webhook.translate.catalogue import MAX_ALTERNATIVES, Catalogue, Driver
 from webhook.translate.legacy import Demand
-from webhook.translate.quantity import format_quantity, round_up
+from webhook.translate.quantity import QuantityError, format_quantity, parse_quantity, round_up
 
 API_VERSION = "resource.k8s.io/v1"
 HUNDRED = Fraction(100)
@@ -244,3 +244,28 @@ def _unique(name: str, used: set[str]) -> str:
 
 def _cel_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def native_claims(pod: Mapping[str, Any], native: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The claim specs kube-scheduler creates for a Pod's extended resources that a DeviceClass
+    serves natively (KEP-5004): one request per container and name, whole devices of that class.
+    Values that are not whole numbers are left out (the apiserver refuses them)."""
+    spec = pod.get("spec") or {}
+    out: list[dict[str, Any]] = []
+    for field_name in ("initContainers", "containers"):
+        for container in spec.get(field_name) or ():
+            resources = (container or {}).get("resources") or {}
+            amounts = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+            for name, value in sorted(amounts.items()):
+                device_class = native.get(str(name))
+                if device_class is None:
+                    continue
+                try:
+                    count = parse_quantity(value)
+                except QuantityError:
+                    continue
+                if count.denominator != 1 or count <= 0:
+                    continue
+                request = {"name": "extended", "exactly": {"deviceClassName": device_class, "count": int(count)}}
+                out.append({"devices": {"requests": [request]}})
+    return out

@@ -216,7 +216,7 @@ def test_patch_sets_every_ca_bundle_of_the_shipped_configurations(
     for doc in docs:
         assert_valid(doc)
         assert {w["clientConfig"]["caBundle"] for w in doc["webhooks"]} == {expected}
-    assert sum(len(d["webhooks"]) for d in docs) == 6
+    assert sum(len(d["webhooks"]) for d in docs) == 7  # every webhook of both configurations
     assert "patched caBundle of 2 webhook configuration(s)" in captured.err
 
 

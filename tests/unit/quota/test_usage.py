@@ -82,7 +82,7 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
         return original(self, other, sign)
 
     monkeypatch.setattr(charge_module.Charge, "_combine", counting)
-    ok, usage = ledger.admit(namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True)
+    ok, usage, _token = ledger.admit(namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True)
     assert ok and usage.claims == 0
     assert additions <= 3  # the namespace's claims and reservations, and the new reservation
     monkeypatch.undo()

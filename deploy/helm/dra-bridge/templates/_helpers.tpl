@@ -22,6 +22,14 @@ namespaceSelector:
     values: ["true"]
 {{- end }}
 
+{{- define "dra-bridge.systemNamespaceSelector" -}}
+namespaceSelector:
+  matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: [kube-system, kube-node-lease, kube-public, {{ .Release.Namespace }}]
+{{- end }}
+
 {{- define "dra-bridge.objectSelector" -}}
 objectSelector:
   matchExpressions:
