@@ -36,3 +36,23 @@ def deciding_inline() -> Iterator[None]:
         yield
     finally:
         _inline.reset(token)
+
+
+# The moment the apiserver stops waiting for this answer (time.monotonic), when the request said so
+# (the ``timeout`` query parameter the apiserver adds to every webhook call). Work that holds shared
+# state on the caller's behalf (a quota reservation) is not kept past it.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("dra_bridge_deadline", default=None)
+
+
+@contextlib.contextmanager
+def answering_by(deadline: float | None) -> Iterator[None]:
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def deadline() -> float | None:
+    """When the current request's caller gives up (``time.monotonic``), None when unknown."""
+    return _deadline.get()

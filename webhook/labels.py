@@ -32,4 +32,4 @@ CATALOGUE_KEY = "catalogue.yaml"
 
 # Quota coordination Leases (one per tenant).
 TENANT_ANNOTATION = "dra-bridge.io/tenant"
-RESERVATIONS_ANNOTATION = "dra-bridge.io/reservations"
+INFLIGHT_ANNOTATION = "dra-bridge.io/in-flight"  # per replica: its admitted, not yet stored charges

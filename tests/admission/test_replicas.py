@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Literal
 
 import pytest
@@ -15,12 +16,15 @@ from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.coordination import decode, lease_name
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.deviceclasses import render_device_classes
 
 POLICY = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 10}}}]}
 
 
 def replicas(index: CatalogueIndex, mode: Literal["local", "lease"]) -> tuple[InMemoryCluster, list[Admission]]:
     cluster = InMemoryCluster()
+    for device_class in render_device_classes(index.catalogue):
+        cluster.add_device_class(device_class)
     cluster.add_namespace("ml-research")
     cluster.put_configmap(policy_configmap(POLICY))
     out = []
@@ -78,7 +82,12 @@ def test_lease_serialises_replicas_and_admits_exactly_what_fits(index: Catalogue
     allowed = [i for i, outcome in results if outcome == "allowed"]
     assert len(allowed) == 3
     lease = cluster.get_lease(lease_name("research"))
-    assert lease is not None and len([r for r in decode(lease) if r.namespace == "ml-research"]) == 3 + 7
+    assert lease is not None
+    in_flight = [g for groups in decode(lease).values() for g in groups if g.namespace == "ml-research"]
+    # the 7 seeded claims were stored and seen before the race: their groups are accounted for on
+    # the next write of each replica; what stays in flight is never more than was admitted
+    assert 3 <= sum(g.count for g in in_flight) <= 3 + 7
+    assert len(in_flight) <= 2  # one group per replica: one shape, whatever the number of claims
     for i in allowed:  # now the watch delivers them: each is counted once, not as claim + reservation
         cluster.add_claim(claim(f"race-{i}"))
     usage = admissions[0].quota.ledger.committed(["ml-research"])[0]  # type: ignore[union-attr]
@@ -108,5 +117,89 @@ def test_persistent_conflicts_end_in_an_error_not_an_allow(index: CatalogueIndex
     cluster.put_lease = always_conflict  # type: ignore[method-assign]
     from webhook.errors import ClusterError
 
-    with pytest.raises(ClusterError, match="lost the Lease update 8 times"):
+    with pytest.raises(ClusterError, match=r"the coordination Lease changed under \d+ attempts within the 2s wait"):
         admissions[0].validate(request(claim("c"), kind="ResourceClaim", namespace="ml-research"))
+
+
+def test_the_lease_holds_groups_not_records_and_stays_small(index: CatalogueIndex) -> None:
+    """500 admissions of one shape are one in-flight group per replica: the Lease does not grow."""
+    cluster, admissions = replicas(index, "lease")
+    big = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 100000}}}]}
+    cluster.put_configmap(policy_configmap(big))
+    sizes = []
+    for i in range(500):
+        decision = admissions[i % 2].validate(request(claim(f"c{i}"), kind="ResourceClaim", namespace="ml-research"))
+        assert decision.outcome == "allowed"
+        if i in (9, 499):
+            lease = cluster.get_lease(lease_name("research"))
+            assert lease is not None
+            sizes.append(len(lease["metadata"]["annotations"]["dra-bridge.io/in-flight"]))
+    groups = decode(cluster.get_lease(lease_name("research")))
+    assert sorted(groups) == ["replica-a", "replica-b"]
+    assert [sum(g.count for g in gs) for _, gs in sorted(groups.items())] == [250, 250]
+    assert sizes[1] - sizes[0] <= 8  # digits of two counts, nothing per admission
+    assert sizes[1] < 2048
+
+
+def test_many_shapes_in_flight_stay_within_the_group_bound(index: CatalogueIndex) -> None:
+    from webhook.quota.coordination import MAX_GROUPS
+
+    cluster, admissions = replicas(index, "lease")
+    big = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 100000}}}]}
+    cluster.put_configmap(policy_configmap(big))
+    for i in range(MAX_GROUPS + 20):  # every claim another count: another shape
+        obj = claim(f"c{i}", device_class="shared.hami-core.dra-bridge.io", capacity={"memory": f"{i + 1}Gi"})
+        assert admissions[0].validate(request(obj, kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    groups = decode(cluster.get_lease(lease_name("research")))["replica-a"]
+    assert len(groups) == MAX_GROUPS
+    assert groups[0].namespace == ""  # the oldest merged into one that only expires
+
+
+def test_admissions_that_arrive_together_share_one_read_and_one_write(index: CatalogueIndex) -> None:
+    cluster, admissions = replicas(index, "lease")
+    big = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 1000}}}]}
+    cluster.put_configmap(policy_configmap(big))
+    quota = admissions[0].quota
+    assert quota is not None and quota.coordinator is not None
+    original = cluster.get_lease
+    gate = threading.Event()
+    reads = []
+
+    def slow_read(name: str) -> Any:  # the first read waits until every contender has queued
+        reads.append(name)
+        if len(reads) == 1:
+            gate.wait(timeout=10)
+        return original(name)
+
+    cluster.get_lease = slow_read  # type: ignore[method-assign]
+    threads = [
+        threading.Thread(
+            target=admissions[0].validate,
+            args=(request(claim(f"b{i}"), kind="ResourceClaim", namespace="ml-research", uid=f"b{i}"),),
+        )
+        for i in range(20)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(quota.coordinator._queue("research").waiting) < 19 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert quota.coordinator.batches == 2 and quota.coordinator.writes == 2  # the first alone, then 19 together
+    assert sum(g.count for g in decode(cluster.get_lease(lease_name("research")))["replica-a"]) == 20
+
+
+def test_a_killed_replicas_in_flight_charges_expire(index: CatalogueIndex) -> None:
+    cluster, admissions = replicas(index, "lease")
+    seed(cluster, admissions, 7)
+    now = [time.time()]
+    for admission in admissions:
+        assert admission.quota is not None and admission.quota.coordinator is not None
+        admission.quota.coordinator._clock = lambda: now[0]
+    for i in range(3):  # replica-b admits 3 and dies before any of them is stored
+        assert admissions[1].validate(request(claim(f"lost-{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert admissions[0].validate(request(claim("x"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
+    now[0] += 31  # the TTL
+    assert admissions[0].validate(request(claim("y"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"

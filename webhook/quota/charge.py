@@ -80,6 +80,18 @@ class Charge:
             total_devices=self.total_devices + sign * other.total_devices,
         )
 
+    def times(self, n: int) -> Charge:
+        """``n`` admissions of this charge."""
+        return Charge(
+            devices={k: v * n for k, v in self.devices.items()},
+            memory=self.memory * n,
+            compute=self.compute * n,
+            claims=self.claims * n,
+            profiles={k: v * n for k, v in self.profiles.items()},
+            matched={k: v * n for k, v in self.matched.items()},
+            total_devices=self.total_devices * n,
+        )
+
     def as_cel(self) -> dict[str, Any]:
         """The charge as rule variables see it: bytes and percent as integers (rounded up)."""
         return {

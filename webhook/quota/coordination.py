@@ -1,48 +1,86 @@
-"""Quota across replicas: reservations serialised through a conditional update of a shared Lease.
+"""Quota across replicas: in-flight charges serialised through a conditional update of a shared Lease.
 
-The apiserver's own quota serialises concurrent admissions through a conditional update of the
-ResourceQuota object. dra-bridge does the same with one coordination Lease per tenant in its own
-namespace (``dra-bridge-quota-<hash of the tenant>``). Its annotation holds every replica's live
-reservations. To admit a claim a replica:
+The apiserver's own quota keeps totals in the shared object and serialises concurrent admissions
+through a conditional update of it; dra-bridge does the same with one coordination Lease per tenant in
+its own namespace (``dra-bridge-quota-<hash of the tenant>``). Stored claims need no coordination:
+every replica sees them through its watch. What replicas must share is what they admitted that is
+not stored yet, so the Lease holds, per replica, its in-flight charges grouped by namespace and
+charge: a burst of 256 claims of one shape is one group of count 256, and the annotation's size
+follows the shapes in flight, never the admission rate or the number of claims (at most
+``MAX_GROUPS`` per replica; beyond that the oldest merge into one group that only expires).
 
-1. reads the Lease fresh (never from a cache);
-2. computes usage = stored claims (from its watch cache) + the Lease's unexpired reservations that
-   no claim it has seen appear since can account for (matched one to one by namespace and charge,
-   so a claim is never counted twice once the watch delivers it);
-3. if the claim fits, writes the Lease back with its reservation added, conditional on the
-   resourceVersion it read; on a conflict it starts again from 1 (a few attempts, then an error so
-   the failurePolicy decides: never an unchecked allow).
-
-Reservations carry wall-clock times and expire after the TTL; each write drops expired ones. A
-dry-run admission reads but never writes.
+Admissions of one tenant that arrive together on a replica are decided as one batch: one fresh read
+of the Lease, every admission of the batch judged in order against the same totals (stored claims
+from the watch cache, plus every replica's in-flight groups not yet accounted for by a claim seen
+appearing since, matched one to one by namespace and charge), and one conditional write. On a
+conflict the batch is decided again against the new totals, with a short jittered back-off, until
+``wait`` seconds (or the request's own deadline) pass; then every admission of the batch fails with
+an error the webhook's failurePolicy decides: never an unchecked allow, never an endless loop. In-flight
+groups expire after the TTL, so the charge of a claim that never appeared (refused by a later
+admission step, timed out) returns by itself; a deleted claim leaves the watch cache at once.
+A dry-run admission reads but never writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 from webhook.cluster import ClusterPort, Conflict
 from webhook.errors import ClusterError
-from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, RESERVATIONS_ANNOTATION, TENANT_ANNOTATION
+from webhook.inline import deadline, may_block
+from webhook.labels import INFLIGHT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, TENANT_ANNOTATION
 from webhook.quota.charge import ZERO, Charge
 from webhook.quota.usage import Observation, UsageLedger
 
+MAX_GROUPS = 64  # per replica in one Lease: a bound on its size whatever the variety of shapes in flight
+MERGED = ""  # the namespace of a merged group: it matches no claim and only expires
+
 
 @dataclass(frozen=True)
-class Reservation:
-    id: str
-    replica: str
+class Group:
+    """In-flight admissions of one replica with the same namespace and charge."""
+
     namespace: str
     charge: Charge
-    created: float
-    expires: float
+    count: int
+    created: float  # wall clock of the oldest
+    expires: float  # wall clock of the newest one's expiry
+
+    def total(self) -> Charge:
+        return self.charge.times(self.count)
+
+
+@dataclass
+class _Admission:
+    namespace: str
+    namespaces: tuple[str, ...]
+    requested: Charge
+    fits: Callable[[Charge], bool]
+    reserve: bool
+    deadline: float  # time.monotonic
+    outcome: tuple[bool, Charge] | None = None
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None or self.error is not None
+
+
+@dataclass
+class _Queue:
+    """The admissions of one tenant waiting on this replica, and whether a batch is being decided."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    waiting: list[_Admission] = field(default_factory=list)
+    busy: bool = False
 
 
 class LeaseCoordinator:
@@ -54,17 +92,23 @@ class LeaseCoordinator:
         namespace: str,
         replica: str,
         ttl: float = 30.0,
-        attempts: int = 8,
+        wait: float = 2.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cluster = cluster
         self._ledger = ledger
         self._namespace = namespace
         self._replica = replica
         self._ttl = ttl
-        self._attempts = attempts
+        self._wait = wait
         self._clock = clock
+        self._monotonic = monotonic
+        self._queues: dict[str, _Queue] = {}
+        self._queues_lock = threading.Lock()
         self.conflicts = 0
+        self.batches = 0
+        self.writes = 0
 
     def admit(
         self,
@@ -76,32 +120,100 @@ class LeaseCoordinator:
         fits: Callable[[Charge], bool],
         reserve: bool,
     ) -> tuple[bool, Charge]:
-        wanted = tuple(namespaces)
-        for _ in range(self._attempts):
-            lease = self._cluster.get_lease(lease_name(tenant))
-            now = self._clock()
-            reservations = [r for r in decode(lease) if r.expires > now]
-            committed, observed = self._ledger.committed(wanted)
-            usage = committed + pending(reservations, observed, namespaces=wanted)
-            if not fits(usage):
-                return False, usage
-            if not reserve:
-                return True, usage
-            mine = Reservation(uuid.uuid4().hex[:12], self._replica, namespace, requested, now, now + self._ttl)
+        may_block(f"GET and PUT the quota Lease of tenant {tenant}")  # before queueing: inline runs leave here
+        now = self._monotonic()
+        limit = now + self._wait
+        caller = deadline()
+        item = _Admission(namespace, tuple(namespaces), requested, fits, reserve, min(limit, caller or limit))
+        queue = self._queue(tenant)
+        with queue.cond:
+            queue.waiting.append(item)
+            while not item.done and queue.busy:
+                queue.cond.wait(timeout=max(0.0, item.deadline - self._monotonic()) + 0.05)
+            if not item.done:  # this thread decides the batch: everything waiting, itself included
+                batch, queue.waiting, queue.busy = queue.waiting, [], True
+        if not item.done:
             try:
-                self._cluster.put_lease(self._lease(tenant, lease, [*reservations, mine]))
-            except Conflict:
-                self.conflicts += 1
-                continue
-            return True, usage
-        raise ClusterError(f"quota for tenant {tenant}: lost the Lease update {self._attempts} times in a row")
+                self._decide(tenant, batch)
+            finally:
+                with queue.cond:
+                    queue.busy = False
+                    queue.cond.notify_all()
+        if item.error is not None:
+            raise item.error
+        assert item.outcome is not None
+        return item.outcome
 
-    def _lease(self, tenant: str, current: dict[str, Any] | None, reservations: list[Reservation]) -> dict[str, Any]:
+    def _queue(self, tenant: str) -> _Queue:
+        with self._queues_lock:
+            found = self._queues.get(tenant)
+            if found is None:
+                found = self._queues[tenant] = _Queue()
+            return found
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _decide(self, tenant: str, batch: list[_Admission]) -> None:
+        self.batches += 1
+        attempts = 0
+        try:
+            while True:
+                attempts += 1
+                lease = self._cluster.get_lease(lease_name(tenant))
+                outcomes, mine = self._judge(lease, batch)
+                if mine is None:  # nothing reserved: nothing to write
+                    break
+                try:
+                    self._cluster.put_lease(self._lease(tenant, lease, mine))
+                    self.writes += 1
+                    break
+                except Conflict:
+                    self.conflicts += 1
+                    left = min(a.deadline for a in batch) - self._monotonic()
+                    if left <= 0:
+                        raise ClusterError(
+                            f"quota for tenant {tenant}: the coordination Lease changed under {attempts} attempts "
+                            f"within the {self._wait:g}s wait; the webhook's failurePolicy decides"
+                        ) from None
+                    time.sleep(min(left, random.uniform(0.002, 0.02 * min(attempts, 5))))
+        except BaseException as err:  # every admission of the batch gets the same error
+            for item in batch:
+                item.error = err
+            return
+        for item, outcome in zip(batch, outcomes, strict=True):
+            item.outcome = outcome
+
+    def _judge(
+        self, lease: dict[str, Any] | None, batch: list[_Admission]
+    ) -> tuple[list[tuple[bool, Charge]], dict[str, list[Group]] | None]:
+        """Every admission of the batch against the same fresh totals, in arrival order; the
+        Lease's new in-flight groups when something was reserved, else None."""
+        now = self._clock()
+        groups = {replica: [g for g in gs if g.expires > now] for replica, gs in decode(lease).items()}
+        wanted = tuple(sorted({ns for item in batch for ns in item.namespaces}))
+        committed, observed = self._ledger.committed(wanted)
+        remaining = unaccounted(groups, observed)
+        usage = committed + sum((g.total() for gs in remaining.values() for g in gs), ZERO)
+        mine = list(remaining.get(self._replica, ()))
+        outcomes: list[tuple[bool, Charge]] = []
+        reserved = False
+        for item in batch:
+            judged = usage
+            ok = item.fits(judged)
+            outcomes.append((ok, judged))
+            if ok and item.reserve:
+                usage = usage + item.requested
+                mine = _add(mine, Group(item.namespace, item.requested, 1, now, now + self._ttl))
+                reserved = True
+        if not reserved:
+            return outcomes, None
+        return outcomes, {**remaining, self._replica: _bounded(mine)}
+
+    def _lease(self, tenant: str, current: dict[str, Any] | None, groups: dict[str, list[Group]]) -> dict[str, Any]:
         metadata: dict[str, Any] = {
             "name": lease_name(tenant),
             "namespace": self._namespace,
             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {TENANT_ANNOTATION: tenant, RESERVATIONS_ANNOTATION: encode(reservations)},
+            "annotations": {TENANT_ANNOTATION: tenant, INFLIGHT_ANNOTATION: encode(groups)},
         }
         if current is not None:
             metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -117,68 +229,95 @@ def lease_name(tenant: str) -> str:
     return f"dra-bridge-quota-{hashlib.sha256(tenant.encode()).hexdigest()[:16]}"
 
 
-def pending(reservations: list[Reservation], observed: list[Observation], *, namespaces: Iterable[str]) -> Charge:
-    """Reservations not yet accounted for by a claim seen appearing after they were made."""
-    wanted = set(namespaces)
+def unaccounted(groups: dict[str, list[Group]], observed: list[Observation]) -> dict[str, list[Group]]:
+    """Each replica's in-flight groups less the claims seen appearing since they were admitted
+    (one claim accounts for one admission of the same namespace and charge, oldest groups first)."""
     unmatched = list(observed)
-    total = ZERO
-    for reservation in sorted(reservations, key=lambda r: r.created):
-        if reservation.namespace not in wanted:
+    order = sorted(((g.created, replica, i) for replica, gs in groups.items() for i, g in enumerate(gs)))
+    left: dict[str, list[Group]] = {replica: list(gs) for replica, gs in groups.items()}
+    for _, replica, i in order:
+        group = left[replica][i]
+        if group.namespace == MERGED:
             continue
-        match = next(
-            (
-                o
-                for o in unmatched
-                if o.namespace == reservation.namespace
-                and o.charge == reservation.charge
-                and o.at >= reservation.created
-            ),
-            None,
-        )
-        if match is not None:
-            unmatched.remove(match)
-            continue
-        total = total + reservation.charge
-    return total
+        matched = 0
+        for seen in list(unmatched):
+            if matched == group.count:
+                break
+            if seen.namespace == group.namespace and seen.charge == group.charge and seen.at >= group.created:
+                unmatched.remove(seen)
+                matched += 1
+        if matched:
+            left[replica][i] = replace(group, count=group.count - matched)
+    return {replica: [g for g in gs if g.count > 0] for replica, gs in left.items() if any(g.count > 0 for g in gs)}
 
 
-def encode(reservations: list[Reservation]) -> str:
+def _add(groups: list[Group], new: Group) -> list[Group]:
+    for i, group in enumerate(groups):
+        if group.namespace == new.namespace and group.charge == new.charge:
+            groups[i] = replace(group, count=group.count + 1, expires=max(group.expires, new.expires))
+            return groups
+    return [*groups, new]
+
+
+def _bounded(groups: list[Group]) -> list[Group]:
+    """At most ``MAX_GROUPS``: the oldest merge into one that only expires (it is never matched)."""
+    if len(groups) <= MAX_GROUPS:
+        return groups
+    ordered = sorted(groups, key=lambda g: g.created)
+    cut = len(groups) - MAX_GROUPS + 1
+    old, kept = ordered[:cut], ordered[cut:]
+    merged = Group(
+        MERGED,
+        sum((g.total() for g in old), ZERO),
+        1,
+        min(g.created for g in old),
+        max(g.expires for g in old),
+    )
+    return [merged, *kept]
+
+
+def encode(groups: dict[str, list[Group]]) -> str:
     return json.dumps(
-        [
-            {
-                "id": r.id,
-                "replica": r.replica,
-                "namespace": r.namespace,
-                "created": r.created,
-                "expires": r.expires,
-                "charge": _charge_to_json(r.charge),
-            }
-            for r in reservations
-        ],
+        {
+            replica: [
+                {
+                    "namespace": g.namespace,
+                    "count": g.count,
+                    "created": g.created,
+                    "expires": g.expires,
+                    "charge": _charge_to_json(g.charge),
+                }
+                for g in gs
+            ]
+            for replica, gs in sorted(groups.items())
+            if gs
+        },
         separators=(",", ":"),
         sort_keys=True,
     )
 
 
-def decode(lease: dict[str, Any] | None) -> list[Reservation]:
+def decode(lease: dict[str, Any] | None) -> dict[str, list[Group]]:
     if lease is None:
-        return []
-    text = ((lease.get("metadata") or {}).get("annotations") or {}).get(RESERVATIONS_ANNOTATION, "[]")
+        return {}
+    text = ((lease.get("metadata") or {}).get("annotations") or {}).get(INFLIGHT_ANNOTATION, "{}")
     try:
         items = json.loads(text)
-        return [
-            Reservation(
-                id=str(i["id"]),
-                replica=str(i["replica"]),
-                namespace=str(i["namespace"]),
-                charge=_charge_from_json(i["charge"]),
-                created=float(i["created"]),
-                expires=float(i["expires"]),
-            )
-            for i in items
-        ]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ClusterError(f"Lease {lease['metadata'].get('name')}: unreadable reservations: {err}") from None
+        return {
+            str(replica): [
+                Group(
+                    namespace=str(g["namespace"]),
+                    charge=_charge_from_json(g["charge"]),
+                    count=int(g["count"]),
+                    created=float(g["created"]),
+                    expires=float(g["expires"]),
+                )
+                for g in groups
+            ]
+            for replica, groups in items.items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ClusterError(f"Lease {lease['metadata'].get('name')}: unreadable in-flight charges: {err}") from None
 
 
 def _charge_to_json(charge: Charge) -> dict[str, Any]:

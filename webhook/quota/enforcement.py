@@ -134,6 +134,7 @@ class QuotaEnforcer:
         cluster: ClusterPort,
         catalogue: Callable[[], Catalogue],
         reservation_ttl: float = 30.0,
+        coordination_wait: float = 2.0,
         coordination: Literal["local", "lease"] = "local",
         namespace: str = "dra-bridge",
         replica: str = "local",
@@ -153,7 +154,9 @@ class QuotaEnforcer:
         self._index_key: tuple[str, int] | None = None
         self._tenant_namespaces: dict[str, tuple[str, ...]] = {}
         self.coordinator = (
-            LeaseCoordinator(cluster, self.ledger, namespace=namespace, replica=replica, ttl=reservation_ttl)
+            LeaseCoordinator(
+                cluster, self.ledger, namespace=namespace, replica=replica, ttl=reservation_ttl, wait=coordination_wait
+            )
             if coordination == "lease"
             else None
         )

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest, AdmissionReview, review_response
 from webhook.errors import AuditWriteError, MalformedReview, NotReady, failure_of
-from webhook.inline import WouldBlock, deciding_inline
+from webhook.inline import WouldBlock, answering_by, deciding_inline
 from webhook.serving.metrics import Metrics
 
 log = logging.getLogger("dra_bridge.http")
@@ -138,8 +138,10 @@ def create_app(
         except _BadRequest as bad:
             metrics.rejected_requests.inc(bad.reason)
             return JSONResponse({"message": bad.message}, status_code=bad.status)
+        answer_by = _deadline(request, time.monotonic())
         try:
-            decision = await decide(webhook, handler, admission_request)
+            with answering_by(answer_by):
+                decision = await decide(webhook, handler, admission_request)
         except Exception as err:
             failure = failure_of(err)
             if isinstance(err, MalformedReview):
@@ -152,6 +154,9 @@ def create_app(
                 metrics.decisions.inc(webhook, "error", failure.code, "")
             return JSONResponse({"message": failure.message}, status_code=failure.status)
         elapsed = time.perf_counter() - started
+        if answer_by is not None and time.monotonic() > answer_by and decision.release is not None:
+            decision.release()  # the apiserver gave up on this answer: what it reserved goes back
+            metrics.rejected_requests.inc("answered-too-late")
         metrics.decisions.inc(webhook, decision.outcome, decision.reason, decision.tenant or "")
         metrics.latency.observe(elapsed, webhook)
         for conversion in decision.conversions:
@@ -188,6 +193,15 @@ def create_app(
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _deadline(request: Request, started: float) -> float | None:
+    """When the apiserver stops waiting (``?timeout=5s`` on every webhook call), on the
+    ``time.monotonic`` clock, a tenth of a second early; None when the request does not say."""
+    text = request.query_params.get("timeout", "")
+    if not text.endswith("s") or not text[:-1].replace(".", "", 1).isdigit():
+        return None
+    return started + max(0.0, float(text[:-1]) - 0.1)
 
 
 async def _read_review(request: Request, limit: int) -> AdmissionRequest:

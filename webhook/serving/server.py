@@ -84,6 +84,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         cluster=cluster,
         catalogue=lambda: catalogue.index.catalogue,
         reservation_ttl=settings.quota_reservation_ttl_seconds,
+        coordination_wait=settings.quota_coordination_wait_seconds,
         # One replica in dev: its own reservations are exact. Two or more: the tenant's Lease.
         coordination="local" if settings.dev else settings.quota_coordination,
         namespace=settings.namespace,

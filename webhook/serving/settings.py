@@ -34,8 +34,11 @@ class Settings(BaseSettings):
     template_gc_grace_seconds: float = Field(default=600.0, ge=0)
     template_gc_interval_seconds: float = Field(default=300.0, gt=0)
     cert_reload_interval_seconds: float = Field(default=5.0, gt=0)
-    quota_coordination: Literal["local", "lease"] = "lease"  # lease: exact across replicas (one write per claim)
+    quota_coordination: Literal["local", "lease"] = "lease"  # lease: exact across replicas (one write per batch)
     quota_reservation_ttl_seconds: float = Field(default=30.0, gt=0)
+    # How long admissions wait for the coordination Lease (conflicts, a slow apiserver) before the
+    # failurePolicy decides; never longer than the request's own timeout.
+    quota_coordination_wait_seconds: float = Field(default=2.0, gt=0)
     replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
     leave_native_extended_resources: bool = True
     require_conversion: bool = True
