@@ -103,6 +103,9 @@ class SharedKind(KindSelector):
         return self
 
 
+DeviceRole = Literal["product", "uuid"]
+
+
 class Driver(_Model):
     name: str = Field(pattern=_DNS_LABEL, description="short key, part of DeviceClass names")
     driver: str = Field(pattern=_DNS_SUBDOMAIN, description="the DRA driver name (device.driver)")
@@ -110,6 +113,10 @@ class Driver(_Model):
     whole: KindSelector | None = None
     partition: PartitionKind | None = None
     shared: SharedKind | None = None
+    attributes: dict[DeviceRole, str] = Field(
+        default_factory=dict,
+        description="which attribute (in the driver's domain) names a device's product or uuid: model pinning",
+    )
     models: tuple[dict[str, Any], ...] = Field(
         default=(),
         description="devices this driver publishes, written as ResourceSlice devices: the known models "
@@ -184,6 +191,25 @@ class LegacyName(_Model):
         return self.name if self.name is not None else f"pattern:{self.pattern}"
 
 
+class Pin(_Model):
+    """A Pod annotation or node-selector label that pins the GPU model (or device) a workload gets."""
+
+    annotation: str | None = None
+    node_label: str | None = Field(default=None, alias="nodeLabel")
+    attribute: DeviceRole
+    match: Literal["contains", "equals", "label"] = Field(
+        description="contains: comma-separated, case-insensitive substrings (HAMi's use-gputype); "
+        "equals: comma-separated exact values (uuids); label: a node label value, spaces written as '-'"
+    )
+    negate: bool = Field(default=False, description="the devices that do NOT match (HAMi's nouse-*)")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Pin:
+        if (self.annotation is None) == (self.node_label is None):
+            raise ValueError("give exactly one of annotation or nodeLabel")
+        return self
+
+
 class Source(_Model):
     name: str = Field(pattern=_DNS_LABEL)
     description: str = ""
@@ -192,6 +218,7 @@ class Source(_Model):
     resources: tuple[LegacyName, ...] = ()
     annotations: tuple[LegacyName, ...] = ()
     conflicts_with: tuple[str, ...] = Field(default=(), alias="conflictsWith")
+    pins: tuple[Pin, ...] = ()
 
 
 class Catalogue(_Model):

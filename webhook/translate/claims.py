@@ -22,7 +22,7 @@ from typing import Any
 from webhook.errors import TranslationError
 from webhook.labels import MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL, SUMMARY_ANNOTATION, TEMPLATE_LABEL
 from webhook.translate.catalogue import MAX_ALTERNATIVES, Catalogue, Driver
-from webhook.translate.legacy import Demand
+from webhook.translate.legacy import Demand, PinValue
 from webhook.translate.quantity import QuantityError, format_quantity, parse_quantity, round_up
 
 API_VERSION = "resource.k8s.io/v1"
@@ -76,17 +76,18 @@ def device_request(demand: Demand, *, catalogue: Catalogue, container: str) -> d
 
 def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> list[dict[str, Any]]:
     target = catalogue.target(demand.target)
-    out: list[dict[str, Any]] = []
+    out: list[tuple[Driver, dict[str, Any]]] = []
     skipped: list[str] = []
     if demand.kind == "whole":
         for driver_name in target.whole:
-            out.append(_sub(catalogue, "whole", catalogue.driver(driver_name), driver_name, demand.count))
+            driver = catalogue.driver(driver_name)
+            out.append((driver, _sub(catalogue, "whole", driver, driver_name, demand.count)))
     elif demand.kind == "partition":
         for driver_name in target.partition:
             driver = catalogue.driver(driver_name)
             assert driver.partition is not None and demand.profile is not None
             selector = f"device.attributes[{_cel_str(driver.driver)}].{driver.partition.profile_attribute} == {_cel_str(demand.profile)}"
-            out.append(_sub(catalogue, "partition", driver, driver_name, demand.count, selectors=[selector]))
+            out.append((driver, _sub(catalogue, "partition", driver, driver_name, demand.count, selectors=[selector])))
     # Shared devices: the demand itself, or a partition's equivalent vGPU (same memory and compute).
     shared_drivers: tuple[str, ...] = ()
     memory, memory_percent, compute_percent = demand.memory, demand.memory_percent, demand.compute_percent
@@ -100,23 +101,59 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
         driver = catalogue.driver(driver_name)
         assert driver.shared is not None
         compute = None if implied and driver.shared.compute is None else compute_percent  # implied: no limit there
-        out.extend(_shared(catalogue, driver, demand.count, memory, memory_percent, compute, skipped))
+        out.extend((driver, s) for s in _shared(catalogue, driver, demand.count, memory, memory_percent, compute, skipped))
+    pinned = _pinned(out, demand.pins, skipped)
     what = ", ".join(lv.name for lv in demand.legacy)
-    if not out:
-        why = f" ({'; '.join(skipped)})" if skipped else ""
+    if not pinned:
+        why = f" ({'; '.join(dict.fromkeys(skipped))})" if skipped else ""
         raise TranslationError(
             f"no driver of target {target.name!r} in the catalogue can serve {describe(demand)}{why}",
             container=container,
             resource=what,
         )
-    if len(out) > MAX_ALTERNATIVES:
+    if len(pinned) > MAX_ALTERNATIVES:
         raise TranslationError(
-            f"{describe(demand)} needs {len(out)} alternatives, DRA allows {MAX_ALTERNATIVES}; "
+            f"{describe(demand)} needs {len(pinned)} alternatives, DRA allows {MAX_ALTERNATIVES}; "
             "trim the drivers or memorySizes of the catalogue target",
             container=container,
             resource=what,
         )
+    return pinned
+
+
+def _pinned(
+    alternatives: list[tuple[Driver, dict[str, Any]]], pins: Sequence[PinValue], skipped: list[str]
+) -> list[dict[str, Any]]:
+    """Each alternative with the Pod's model or device pins as selectors on its driver's attribute;
+    a driver that publishes no such attribute cannot honour them and is left out."""
+    out = []
+    for driver, sub in alternatives:
+        extra = []
+        for pin in pins:
+            attribute = driver.attributes.get(pin.attribute)  # type: ignore[call-overload]
+            if attribute is None:
+                skipped.append(f"{driver.name} publishes no {pin.attribute} attribute for {pin.origin}")
+                break
+            extra.append(pin_selector(driver.driver, attribute, pin))
+        else:
+            if extra:
+                selectors = [*sub.get("selectors", []), *({"cel": {"expression": e}} for e in extra)]
+                sub = {**sub, "selectors": selectors}
+            out.append(sub)
     return out
+
+
+def pin_selector(domain: str, attribute: str, pin: PinValue) -> str:
+    """The CEL selector of one pin; a device without the attribute matches only a negated pin."""
+    value = f"device.attributes[{_cel_str(domain)}].{attribute}"
+    present = f"has({value})"
+    if pin.match == "contains":
+        test = " || ".join(f"{value}.lowerAscii().contains({_cel_str(v)})" for v in pin.values)
+    elif pin.match == "label":
+        test = f"{value}.replace(' ', '-') == {_cel_str(pin.values[0])}"
+    else:
+        test = f"{value} in [{', '.join(_cel_str(v) for v in pin.values)}]"
+    return f"!{present} || !({test})" if pin.negate else f"{present} && ({test})"
 
 
 def _sub(

@@ -11,7 +11,7 @@ Pure: plain dicts in, frozen dataclasses out, ``TranslationError`` for input tha
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -32,6 +32,17 @@ class LegacyValue:
 
 
 @dataclass(frozen=True)
+class PinValue:
+    """What a Pod pinned: the devices whose ``attribute`` matches (or, negated, does not) ``values``."""
+
+    attribute: str  # a device role: product, uuid
+    match: str  # contains, equals, label
+    values: tuple[str, ...]
+    negate: bool
+    origin: str  # the annotation or node label, for messages
+
+
+@dataclass(frozen=True)
 class Demand:
     source: str
     target: str
@@ -45,6 +56,7 @@ class Demand:
     equivalent_memory: Fraction | None = None  # partition as a vGPU: bytes
     equivalent_compute_percent: Fraction | None = None  # partition as a vGPU: compute share
     legacy: tuple[LegacyValue, ...] = ()
+    pins: tuple[PinValue, ...] = ()  # the GPU model or devices the Pod asked for
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,8 @@ def read_pod(
         _check_conflicts(name, found)
         demands: list[Demand] = []
         for group in found.values():
-            demands.extend(_demands(name, group))
+            pins = read_pins(pod, group.source)
+            demands.extend(replace(d, pins=pins) if pins else d for d in _demands(name, group))
         if demands or keys:
             result.append(
                 ContainerDemands(
@@ -100,6 +113,29 @@ def read_pod(
                 )
             )
     return result, annotation_keys, warnings
+
+
+def read_pins(pod: Mapping[str, Any], source: Source) -> tuple[PinValue, ...]:
+    """The model or device pins of ``source`` a Pod carries (annotations, node selector labels)."""
+    if not source.pins:
+        return ()
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    out = []
+    for pin in source.pins:
+        where = annotations if pin.annotation is not None else selector
+        key = pin.annotation if pin.annotation is not None else pin.node_label
+        raw = where.get(key) if isinstance(where, Mapping) else None
+        if raw is None:
+            continue
+        # A node label is one value; annotations list several, comma-separated.
+        parts = [str(raw)] if pin.match == "label" else str(raw).split(",")
+        values = tuple(v.strip() for v in parts if v.strip())
+        if pin.match == "contains":
+            values = tuple(v.lower() for v in values)
+        if values:
+            out.append(PinValue(pin.attribute, pin.match, tuple(sorted(set(values))), pin.negate, str(key)))
+    return tuple(out)
 
 
 def _read_resources(

@@ -505,3 +505,84 @@ def test_conversions_carry_their_devices_and_memory(
     plan = rewrite_pod(pod(container("main", limits=limits)), index=index, namespace="ns")
     (conversion,) = plan.conversions
     assert (conversion.devices, conversion.memory) == (devices, memory)
+
+
+# -- the GPU you asked for: HAMi's pins and GFD's product label become device selectors ------------
+def pinned_selectors(template: dict[str, Any]) -> dict[str, list[str]]:
+    return {a["class"]: a["selectors"] for a in alternatives(template)}
+
+
+def test_hami_gputype_pins_every_alternative_to_the_model(index: CatalogueIndex) -> None:
+    template = convert_one(
+        index, {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096"}, annotations={"nvidia.com/use-gputype": "A100, h100"}
+    )
+    for device_class, selectors in pinned_selectors(template).items():
+        domain, attribute = {
+            "shared.hami-core.dra-bridge.io": ("hami-core-gpu.project-hami.io", "productName"),
+            "shared.nvidia.dra-bridge.io": ("gpu.nvidia.com", "productName"),
+            "shared.example.dra-bridge.io": ("gpu.example.com", "model"),
+        }[device_class]
+        value = f"device.attributes['{domain}'].{attribute}"
+        assert selectors == [
+            f"has({value}) && ({value}.lowerAscii().contains('a100') || {value}.lowerAscii().contains('h100'))"
+        ]
+
+
+def test_nouse_and_uuid_pins_and_the_gfd_product_label(index: CatalogueIndex) -> None:
+    obj = pod(
+        container("main", limits={"nvidia.com/gpu": "2"}),
+        annotations={"nvidia.com/nouse-gputype": "T4", "nvidia.com/use-gpuuuid": "GPU-a,GPU-b"},
+    )
+    obj["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    plan = rewrite_pod(obj, index=index, namespace="ns")
+    selectors = pinned_selectors(plan.templates[0])["whole.nvidia.dra-bridge.io"]
+    value = "device.attributes['gpu.nvidia.com']"
+    assert selectors == [
+        f"!has({value}.productName) || !({value}.productName.lowerAscii().contains('t4'))",
+        f"has({value}.uuid) && ({value}.uuid in ['GPU-a', 'GPU-b'])",
+        f"has({value}.productName) && ({value}.productName.replace(' ', '-') == 'NVIDIA-A100-SXM4-80GB')",
+    ]
+    assert rewrite_pod(plan.pod, index=index, namespace="ns").changed is False  # still a fixed point
+
+
+def test_pins_select_the_right_devices(index: CatalogueIndex) -> None:
+    """The generated selectors, evaluated against devices as the drivers publish them."""
+    from fractions import Fraction
+
+    from webhook.quota.cel import compile_selector, device_value
+
+    obj = pod(container("main", limits={"nvidia.com/gpu": "1"}), annotations={"nvidia.com/use-gputype": "a100"})
+    obj["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    selectors = pinned_selectors(rewrite_pod(obj, index=index, namespace="ns").templates[0])["whole.nvidia.dra-bridge.io"]
+
+    def gpu(product: str | None) -> Any:
+        attributes: dict[str, Any] = {"type": "gpu"}
+        if product is not None:
+            attributes["productName"] = product
+        return device_value(
+            driver="gpu.nvidia.com",
+            attributes={"gpu.nvidia.com": attributes},
+            capacity={"gpu.nvidia.com": {"memory": Fraction(80 * 2**30)}},
+            allow_multiple=False,
+        )
+
+    programs = [compile_selector(s) for s in selectors]
+    assert all(p.unsupported is None for p in programs)
+    assert all(p.matches(gpu("NVIDIA A100-SXM4-80GB")) for p in programs)
+    assert not all(p.matches(gpu("NVIDIA H100 80GB HBM3")) for p in programs)
+    assert not all(p.matches(gpu(None)) for p in programs)
+
+
+def test_a_pin_no_driver_can_honour_is_refused_with_the_reason() -> None:
+    from tests.unit.translate.test_catalogue import default_doc
+    from webhook.translate.catalogue import build_catalogue
+
+    doc = default_doc()
+    intel = next(s for s in doc["sources"] if s["name"] == "intel")
+    intel["pins"] = [{"annotation": "example.com/device", "attribute": "uuid", "match": "equals"}]
+    index = CatalogueIndex(build_catalogue([doc]))
+    obj = pod(container("main", limits={"gpu.intel.com/i915": "1"}), annotations={"example.com/device": "d-1"})
+    with pytest.raises(TranslationError, match=r"intel publishes no uuid attribute for example.com/device"):
+        rewrite_pod(obj, index=index, namespace="ns")
+    # without the annotation nothing is pinned and the Pod converts
+    assert rewrite_pod(pod(container("main", limits={"gpu.intel.com/i915": "1"})), index=index, namespace="ns").changed
