@@ -506,3 +506,55 @@ def test_a_decision_that_cannot_be_recorded_gives_its_reservation_back(index: Ca
     with pytest.raises(AuditWriteError):
         audited(request(claim("c1"), kind="ResourceClaim", namespace="ml-research"))
     assert env.quota.ledger.reservation_count == 0
+
+
+# -- rollout: observe, then convert ------------------------------------------------------------------
+OBSERVE = {
+    "tenants": [
+        {"name": "research", "namespaces": ["ml-research", "data-science"], "rollout": "observe", "limits": {"devices": {"kind:gpu": 1}}}
+    ],
+    "rolloutNamespaces": {"data-science": "convert", "sandbox": "off"},
+    "default": {"limits": {"devices": {"*": 4}}},
+}
+
+
+def test_observe_admits_unchanged_and_says_what_would_happen(index: CatalogueIndex) -> None:
+    env = Env(index, OBSERVE)
+    obj = pod(container("train", limits={"nvidia.com/gpu": "2"}))
+    decision = env.admission.mutate(request(obj, namespace="ml-research"))
+    assert decision.outcome == "allowed" and decision.reason == "observed"
+    assert decision.response.patch is None and not env.cluster.managed_templates()
+    warnings = decision.response.warnings or []
+    assert any(w.startswith("dra-bridge (observe): would convert train: nvidia.com/gpu=2 -> 2 whole devices") for w in warnings)
+    assert any(w.startswith("dra-bridge (observe): quota would refuse it: tenant research") for w in warnings)
+    assert [c.container for c in decision.conversions] == ["train"]
+    # the validating webhook does not refuse what observe mode let through unconverted
+    assert env.admission.validate(request(obj, namespace="ml-research")).outcome == "allowed"
+
+
+def test_rollout_per_namespace_overrides_the_tenant(index: CatalogueIndex) -> None:
+    env = Env(index, OBSERVE)
+    obj = pod(container("train", limits={"nvidia.com/gpu": "1"}))
+    assert env.admission.mutate(request(obj, namespace="data-science")).reason == "converted"
+    off = env.admission.mutate(request(obj, namespace="sandbox"))
+    assert off.reason == "rollout-off" and not off.response.warnings
+    assert env.admission.validate(request(obj, namespace="sandbox")).outcome == "allowed"
+    # convert mode keeps the backstop: an unconverted legacy Pod is refused
+    assert env.admission.validate(request(obj, namespace="data-science")).outcome == "denied"
+
+
+def test_the_audit_summary_shows_what_observe_mode_saw(index: CatalogueIndex, tmp_path: Any) -> None:
+    from webhook.audit.log import AuditLog, open_audit_log
+    from webhook.audit.reader import Filter, parse_line, read_lines, summarise
+
+    env = Env(index, OBSERVE)
+    path = tmp_path / "audit.log"
+    log: AuditLog = open_audit_log(str(path))
+    mutate = log.audited("mutate", env.admission.mutate)
+    for i in range(3):
+        mutate(request(pod(container("train", limits={"nvidia.com/gpu": "2"})), namespace="ml-research", uid=f"u{i}"))
+    log.close()
+    summary = summarise((parse_line(line) for line in read_lines(path)), Filter())
+    research = summary.tenants["research"]
+    assert (research.observed_pods, research.observed_devices, research.observed_quota_denials) == (3, 6, 3)
+    assert research.converted_devices == 0  # observed is not converted

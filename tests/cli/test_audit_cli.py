@@ -320,6 +320,7 @@ def test_summary_numbers_per_tenant(log: Path, capsys: pytest.CaptureFixture[str
             "memory": "164Gi",
             "source": "quota",
             "chargedClaims": 2,
+            "observed": {"pods": 0, "devices": 0, "quotaWouldDeny": 0},
         },
         "team-b": {
             "outcomes": {"allowed": 0, "patched": 3, "denied": 1, "error": 0},
@@ -329,6 +330,7 @@ def test_summary_numbers_per_tenant(log: Path, capsys: pytest.CaptureFixture[str
             "memory": "16Gi",
             "source": "conversions",
             "chargedClaims": 0,
+            "observed": {"pods": 0, "devices": 0, "quotaWouldDeny": 0},
         },
         "-": {
             "outcomes": {"allowed": 1, "patched": 0, "denied": 0, "error": 1},
@@ -338,6 +340,7 @@ def test_summary_numbers_per_tenant(log: Path, capsys: pytest.CaptureFixture[str
             "memory": "0",
             "source": "conversions",
             "chargedClaims": 0,
+            "observed": {"pods": 0, "devices": 0, "quotaWouldDeny": 0},
         },
         "team-c": {
             "outcomes": {"allowed": 2, "patched": 0, "denied": 1, "error": 0},
@@ -347,6 +350,7 @@ def test_summary_numbers_per_tenant(log: Path, capsys: pytest.CaptureFixture[str
             "memory": "0",
             "source": "conversions",
             "chargedClaims": 0,
+            "observed": {"pods": 0, "devices": 0, "quotaWouldDeny": 0},
         },
     }
     assert document["missingRecords"] == 3

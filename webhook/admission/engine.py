@@ -37,10 +37,11 @@ from webhook.labels import (
     SPEC_HASH_LABEL,
 )
 from webhook.quota.enforcement import QuotaEnforcer, QuotaResult
+from webhook.quota.figure import QuotaFigure
 from webhook.quota.policy import PolicyError, PolicySource
 from webhook.translate.catalogue import CatalogueError, CatalogueIndex, parse_document
 from webhook.translate.claims import native_claims, spec_hash
-from webhook.translate.rewrite import opted_out, rewrite_pod
+from webhook.translate.rewrite import RewritePlan, opted_out, rewrite_pod
 
 MAX_WARNING = 120
 
@@ -83,12 +84,17 @@ class Admission:
         self._require_ready()
         if self._skipped(pod, namespace):
             return _allow("mutate", request, "opt-out")
+        rollout = self._rollout(namespace)
+        if rollout == "off":
+            return _allow("mutate", request, "rollout-off")
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
         plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
         warnings = [_short(f"dra-bridge: {w}") for w in plan.warnings]
         if not plan.changed:
             reason = "native-extended-resource" if plan.warnings else "no-legacy-request"
             return _allow("mutate", request, reason, warnings=warnings)
+        if rollout == "observe":
+            return self._observed(request, pod, plan, namespace, warnings)
         for template in plan.templates:  # a dry run's Pod is checked against what the real create makes
             self._planned.remember(template)
         created = tuple(
@@ -107,6 +113,44 @@ class Admission:
             conversions=plan.conversions,
             templates_created=created,
             tenant=self._tenant_name(namespace),
+        )
+
+    def _rollout(self, namespace: str) -> str:
+        """convert, observe or off: the namespace's setting, else its tenant's (policy ConfigMaps)."""
+        if self.quota is None:
+            return "convert"
+        return self.quota.policies.current.rollout_for(namespace, self._cluster.namespace_labels(namespace))
+
+    def _observed(
+        self, request: AdmissionRequest, pod: dict[str, Any], plan: RewritePlan, namespace: str, warnings: list[str]
+    ) -> Decision:
+        """Observe mode: admit the Pod unchanged; say what would be converted and what quota would say."""
+        for c in plan.conversions:
+            legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
+            warnings.append(_short(f"dra-bridge (observe): would convert {c.container}: {legacy} -> {c.summary}"))
+        figures: tuple[QuotaFigure, ...] = ()
+        version = None
+        if self.quota is not None:
+            result = self.quota.check_pod(
+                namespace=namespace,
+                new_claims=[(t.get("spec") or {}).get("spec") or {} for t in plan.templates],
+                existing_claims=[],
+                missing=[],
+                rule_input=_rule_base(request, pod=plan.pod),
+            )
+            figures, version = result.figures, result.policy_version
+            if result.denied:
+                warnings.append(_short(f"dra-bridge (observe): quota would refuse it: {result.message}"))
+        return Decision(
+            webhook="mutate",
+            response=allowed(request.uid, warnings=warnings),
+            outcome="allowed",
+            reason="observed",
+            message="; ".join(f"would convert {c.container}: {c.summary}" for c in plan.conversions),
+            conversions=plan.conversions,
+            tenant=self._tenant_name(namespace),
+            quota=figures,
+            policy_version=version,
         )
 
     def _tenant_name(self, namespace: str) -> str | None:
@@ -187,7 +231,7 @@ class Admission:
         namespace = _namespace(request, pod)
         skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
-        if self._settings.require_conversion and not skipped:
+        if self._settings.require_conversion and not skipped and self._rollout(namespace) == "convert":
             plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
             if plan.changed:
                 names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))

@@ -231,6 +231,11 @@ class TenantSummary:
     charged_memory: Fraction = Fraction(0)
     converted_devices: int = 0
     converted_memory: Fraction = Fraction(0)
+    # Observe mode (rollout: observe): Pods admitted unchanged that would have been converted, what
+    # they asked for, and how many of them quota would have refused.
+    observed_pods: int = 0
+    observed_devices: int = 0
+    observed_quota_denials: int = 0
 
     @property
     def source(self) -> str:
@@ -254,7 +259,9 @@ class TenantSummary:
             self.denials[str(entry.get("reason") or "-")] += 1
         if decision not in ADMITTED or dry_run:
             return
-        if entry.get("webhook") == "mutate":
+        if entry.get("reason") == "observed":
+            self._add_observed(entry)
+        elif entry.get("webhook") == "mutate":
             self._add_conversions(entry.get("conversions"))
         elif (entry.get("kind") or {}).get("kind") == "ResourceClaim":
             self._add_charge(entry.get("quota"))
@@ -274,6 +281,16 @@ class TenantSummary:
         devices = amounts.get("perClaim.devices") or amounts.get("devices") or [Fraction(0)]
         self.charged_devices += max(devices)
         self.charged_memory += max(amounts.get("memory") or [Fraction(0)])  # several policies: the same request
+
+    def _add_observed(self, entry: Entry) -> None:
+        self.observed_pods += 1
+        before = self.converted_devices, self.converted_memory
+        self._add_conversions(entry.get("conversions"))
+        self.observed_devices += self.converted_devices - before[0]
+        self.converted_devices, self.converted_memory = before
+        figures = entry.get("quota")
+        if any(isinstance(f, dict) and f.get("exceeded") is True for f in figures if isinstance(figures, list)):
+            self.observed_quota_denials += 1
 
     def _add_conversions(self, conversions: Any) -> None:
         """The structured counts each conversion carries (``devices``, ``memory`` in bytes)."""

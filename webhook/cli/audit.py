@@ -230,6 +230,12 @@ def _print_summary(summary: Summary, *, as_json: bool) -> None:
     out = sys.stdout
     out.write(f"{summary.records} record(s)\n")
     out.write("".join(_row(row, widths) + "\n" for row in (SUMMARY_COLUMNS, *rows)))
+    observed = [t for t in summary.tenants.values() if t.observed_pods]
+    for tenant in sorted(observed, key=lambda t: t.tenant):
+        out.write(
+            f"observe: tenant {tenant.tenant}: {tenant.observed_pods} Pod(s) admitted unchanged would have been "
+            f"converted ({tenant.observed_devices} device(s)); quota would have refused {tenant.observed_quota_denials}\n"
+        )
     out.write(_sequence_report(summary.sequence))
 
 
@@ -253,6 +259,11 @@ def summary_document(summary: Summary) -> dict[str, Any]:
                 "memory": format_quantity(t.memory) if t.memory else "0",
                 "source": t.source,
                 "chargedClaims": t.charged_claims,
+                "observed": {
+                    "pods": t.observed_pods,
+                    "devices": t.observed_devices,
+                    "quotaWouldDeny": t.observed_quota_denials,
+                },
             }
             for t in summary.tenants.values()
         },

@@ -87,10 +87,18 @@ class Rule(_Model):
     message: str = Field(min_length=1)
 
 
+Rollout = Literal["convert", "observe", "off"]
+
+
 class DefaultSpec(_Model):
     """What applies to the namespaces of a tenant; also the ``default`` for namespaces in none."""
 
     limits: Limits = Field(default_factory=Limits)
+    rollout: Rollout = Field(
+        default="convert",
+        description="convert: rewrite legacy GPU requests; observe: admit them unchanged, record and warn what "
+        "would be converted and what quota would say; off: leave them alone",
+    )
     allowed_classes: tuple[str, ...] | None = Field(default=None, alias="allowedClasses")
     allowed_profiles: tuple[str, ...] | None = Field(default=None, alias="allowedProfiles")
     rules: tuple[Rule, ...] = ()
@@ -124,6 +132,9 @@ class QuotaPolicy(_Model):
     classes: dict[str, ClassFacts] = Field(default_factory=dict)
     tenants: tuple[TenantSpec, ...] = ()
     default: DefaultSpec | None = None
+    rollout_namespaces: dict[str, Rollout] = Field(
+        default_factory=dict, alias="rolloutNamespaces", description="namespace -> rollout, over its tenant's"
+    )
 
     @model_validator(mode="after")
     def _unique_tenants(self) -> QuotaPolicy:
@@ -165,6 +176,7 @@ class Tenant:
     source: PolicySource
     is_default: bool = False
     selector: Mapping[str, str] = field(default_factory=dict)  # namespace labels that put a namespace here
+    rollout: Rollout = "convert"
 
     def allows_class(self, device_class: str) -> bool:
         return self.allowed_classes is None or any(fnmatch.fnmatchcase(device_class, p) for p in self.allowed_classes)
@@ -181,6 +193,15 @@ class PolicySet:
     tenant_label: str | None = None
     sources: tuple[PolicySource, ...] = ()
     _by_namespace: Mapping[str, Tenant] = field(default_factory=dict)
+    rollout_namespaces: Mapping[str, Rollout] = field(default_factory=dict)
+
+    def rollout_for(self, namespace: str, labels: Mapping[str, str] | None) -> Rollout:
+        """What the conversion does in a namespace: its own setting, else its tenant's, else convert."""
+        found = self.rollout_namespaces.get(namespace)
+        if found is not None:
+            return found
+        tenant = self.tenant_for(namespace, labels)
+        return tenant.rollout if tenant is not None else "convert"
 
     @property
     def version(self) -> str:
@@ -210,6 +231,7 @@ class PolicySet:
                 rules=self.default.rules,
                 source=self.default.source,
                 is_default=True,
+                rollout=self.default.rollout,
             )
         return None
 
@@ -258,7 +280,12 @@ def build_policy_set(documents: Sequence[tuple[PolicySource, QuotaPolicy]]) -> P
     default: Tenant | None = None
     classes: dict[str, ClassFacts] = {}
     tenant_label: str | None = None
+    rollout_namespaces: dict[str, Rollout] = {}
     for source, policy in documents:
+        for namespace, mode in policy.rollout_namespaces.items():
+            if namespace in rollout_namespaces and rollout_namespaces[namespace] != mode:
+                raise PolicyError(f"{source.name}: rolloutNamespaces[{namespace}] is already {rollout_namespaces[namespace]!r}")
+            rollout_namespaces[namespace] = mode
         programs = _compile_rules(policy, origin=source.name)
         if policy.tenant_label:
             if tenant_label and tenant_label != policy.tenant_label:
@@ -281,6 +308,7 @@ def build_policy_set(documents: Sequence[tuple[PolicySource, QuotaPolicy]]) -> P
                 ),
                 source=source,
                 selector=dict(spec.namespace_selector),
+                rollout=spec.rollout,
             )
             tenants.append(tenant)
             for namespace in spec.namespaces:
@@ -303,6 +331,7 @@ def build_policy_set(documents: Sequence[tuple[PolicySource, QuotaPolicy]]) -> P
                 rules=tuple(CompiledRule(r.name, r.message, programs[("default", r.name)]) for r in d.rules),
                 source=source,
                 is_default=True,
+                rollout=d.rollout,
             )
     return PolicySet(
         tenants=tuple(tenants),
@@ -311,6 +340,7 @@ def build_policy_set(documents: Sequence[tuple[PolicySource, QuotaPolicy]]) -> P
         tenant_label=tenant_label,
         sources=tuple(s for s, _ in documents),
         _by_namespace=by_namespace,
+        rollout_namespaces=rollout_namespaces,
     )
 
 

@@ -159,9 +159,10 @@ def create_app(
             metrics.rejected_requests.inc("answered-too-late")
         metrics.decisions.inc(webhook, decision.outcome, decision.reason, decision.tenant or "")
         metrics.latency.observe(elapsed, webhook)
+        counter = metrics.observed if decision.reason == "observed" else metrics.conversions
         for conversion in decision.conversions:
             for legacy_name in conversion.legacy:
-                metrics.conversions.inc(legacy_name)
+                counter.inc(legacy_name)
         if decision.templates_created:
             metrics.templates_created.inc(amount=len(decision.templates_created))
         return JSONResponse(review_response(decision.response))

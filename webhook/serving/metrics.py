@@ -117,6 +117,11 @@ class Metrics:
         self.conversions = Counter(
             "dra_bridge_conversions_total", "Legacy GPU requests converted, by legacy name.", ("legacy_name",)
         )
+        self.observed = Counter(
+            "dra_bridge_observed_conversions_total",
+            "Legacy GPU requests observe mode admitted unchanged that would have been converted, by legacy name.",
+            ("legacy_name",),
+        )
         self.templates_created = Counter(
             "dra_bridge_templates_created_total", "ResourceClaimTemplates created by dra-bridge."
         )
