@@ -1,6 +1,8 @@
 """The HTTP layer: the only module that knows FastAPI.
 
-It caps the body, checks the content type, decodes the AdmissionReview envelope, echoes the uid,
+It caps the body, checks the content type, decodes the AdmissionReview envelope and checks the shape
+of the object inside (``webhook.admission.shapes``: what no apiserver sends is a 400 naming the field
+and the value, so the core can rely on shapes), echoes the uid,
 times the decision and counts it. The audit record is written by the handler (``AuditLog.audited``)
 before the decision comes back here, so an unrecordable decision is answered with 500. A malformed request gets 400
 with a message that names what is wrong; an internal failure gets 500 so the cluster's
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest, AdmissionReview, review_response
+from webhook.admission.shapes import check_object, parse_body, shown
 from webhook.errors import AuditWriteError, MalformedReview, NotReady, failure_of
 from webhook.inline import WouldBlock, deciding_inline
 from webhook.serving.metrics import Metrics
@@ -203,9 +205,9 @@ async def _read_review(request: Request, limit: int) -> AdmissionRequest:
         if len(body) > limit:
             raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes")
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise _BadRequest(400, "malformed-json", f"body is not JSON: {err}") from None
+        document = parse_body(body)
+    except MalformedReview as err:
+        raise _BadRequest(400, "malformed-json", str(err)) from None
     if not isinstance(document, dict):
         raise _BadRequest(400, "malformed-review", "body must be a JSON object (an AdmissionReview)")
     try:
@@ -214,8 +216,15 @@ async def _read_review(request: Request, limit: int) -> AdmissionRequest:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _BadRequest(
-            400, "malformed-review", f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}"
+            400,
+            "malformed-review",
+            f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}, got {shown(first.get('input'))}",
         ) from None
     if review.request is None:
         raise _BadRequest(400, "malformed-review", "AdmissionReview has no request")
+    if review.request.object is not None:
+        try:
+            check_object(review.request.kind.kind, review.request.object)
+        except MalformedReview as err:
+            raise _BadRequest(400, "malformed-object", str(err)) from None
     return review.request
