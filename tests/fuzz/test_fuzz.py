@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 import httpx
 
@@ -84,3 +85,20 @@ def test_the_generator_is_seeded() -> None:
     first = [c.body for c in Fuzzer(3).cases(50)]
     assert first == [c.body for c in Fuzzer(3).cases(50)]
     assert first != [c.body for c in Fuzzer(4).cases(50)]
+
+
+def test_every_answer_has_exactly_one_audit_record_and_every_readable_uid_is_in_the_log() -> None:
+    sink = ListSink()
+    rt = runtime(sink)
+    outcome = asyncio.run(send(rt.app, Fuzzer(seed=15).cases(CASES), keep=True))
+    records = sink.records()
+    assert len(records) == sum(outcome.statuses.values()) == CASES  # one record per answer
+    assert [r["seq"] for r in records] == list(range(1, CASES + 1))  # nothing lost, no gap
+    by_uid = Counter(str(r["uid"]) for r in records)
+    expected = [case.uid for case in outcome.sent if case.uid is not None]
+    assert len(expected) > CASES // 2
+    assert [uid for uid in expected if by_uid[uid] != 1] == []
+    fuzzed = {case.uid for case in outcome.sent}
+    assert all(uid in fuzzed or not uid.startswith("fuzz-") for uid in by_uid)
+    rejected = [r for r in records if r["decision"] == "error"]
+    assert rejected and all(r["extra"]["httpStatus"] == 400 for r in rejected)  # type: ignore[index]

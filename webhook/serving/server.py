@@ -136,6 +136,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         max_body_bytes=settings.max_body_bytes,
         threads=settings.workers_threads,
         shed_after=settings.shed_after_seconds or None,
+        audit=audit,
     )
     return Runtime(
         settings=settings,
