@@ -120,3 +120,27 @@ def test_uid_hint_reads_only_the_request_uid() -> None:
     assert uid_hint(b'{"request":{"kind":{},"uid":"late"}') is None  # the apiserver writes uid first
     assert uid_hint(b'{"request":{"uid":"\\ud800"}') is None
     assert uid_hint(b'{"object":{"metadata":{"uid":"not-the-review"}}}') is None
+
+
+def test_a_large_body_is_decided_on_a_thread_and_a_small_one_on_the_loop() -> None:
+    import threading
+
+    from webhook.admission.decision import Decision
+    from webhook.admission.review import allowed
+
+    where: list[str] = []
+
+    def decide(request: Any) -> Decision:
+        where.append(threading.current_thread().name)
+        return Decision(webhook="mutate", response=allowed(request.uid), outcome="allowed", reason="x")
+
+    app = create_app(
+        mutate=decide, validate=decide, metrics=Metrics(), readiness=lambda: (True, {}), inline_max_bytes=4096
+    )
+    small = gpu_review("u-small")
+    large = gpu_review("u-large")
+    large["request"]["object"]["metadata"]["annotations"] = {"note": "x" * 8192}
+    assert post_raw(app, "/mutate", json.dumps(small).encode()).status_code == 200
+    assert post_raw(app, "/mutate", json.dumps(large).encode()).status_code == 200
+    assert where[0] == threading.current_thread().name or not where[0].startswith("decide")
+    assert where[1].startswith("decide")

@@ -90,6 +90,7 @@ def create_app(
     shed_after: float | None = 1.0,
     lag: LoopLag | None = None,
     audit: AuditLog | None = None,
+    inline_max_bytes: int | None = 256 * 1024,
 ) -> FastAPI:
     # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
     # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
@@ -119,8 +120,11 @@ def create_app(
 
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
-    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest) -> Decision:
-        if inline:
+    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest, size: int) -> Decision:
+        # A large object is decided on a thread from the start: the loop then keeps answering the
+        # small reviews in between (the interpreter switches threads every few milliseconds) instead
+        # of waiting out its whole decision.
+        if inline and (inline_max_bytes is None or size <= inline_max_bytes):
             try:
                 with deciding_inline():
                     return handler(admission_request)
@@ -166,7 +170,7 @@ def create_app(
         except _BadRequest as bad:
             return rejected(webhook, bad, started)
         try:
-            decision = await decide(webhook, handler, admission_request)
+            decision = await decide(webhook, handler, admission_request, len(body))
         except Exception as err:
             failure = failure_of(err)
             if isinstance(err, MalformedReview):
@@ -222,7 +226,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         head = bytearray()  # enough to read the uid, which the apiserver writes near the start
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, head):
             head.extend(chunk)
             if len(head) >= UID_WITHIN:
                 break
@@ -230,11 +234,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
             413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes", uid=uid_hint(head)
         )
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, body):
         body.extend(chunk)
         if len(body) > limit:
             raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(body))
     return bytes(body)
+
+
+async def _chunks(request: Request, read: bytearray) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; if the connection closes first, 408 with the uid of what was ``read``.
+
+    The client left, or was closed for sending its body too slowly (webhook/serving/guard.py): no
+    one hears the answer, but the record still says what happened.
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise _BadRequest(
+                408, "incomplete-body", f"the connection closed after {len(read)} bytes of the body", uid=uid_hint(read)
+            )
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 UID_WITHIN = 4096  # bytes read of a body too large to take, to find its uid
