@@ -8,7 +8,8 @@ one to three mutations anywhere in the document, most often inside ``request.obj
 
 - delete a key or a list element; retype a value (a mapping where a string was, a list where a
   mapping was, ...); insert a key or an element; duplicate an element or a key;
-- out-of-range numbers (beyond int64, 1e308, NaN, Infinity, -0.0, fractions);
+- out-of-range numbers (beyond int64, 1e308, NaN, Infinity, -0.0, fractions), and numbers and
+  quantities as large as the apiserver accepts (int64, "9223372036854775807Ei") where numbers are;
 - odd strings ("1e3", lone surrogates, NUL, 10,000 characters, right-to-left marks, "Infinity");
 - deep nesting (50 to 5,000 levels);
 - the body as invalid UTF-8 (a lone surrogate encoded raw).
@@ -42,6 +43,8 @@ ODD_NUMBERS: tuple[Any, ...] = (
     float("-inf"),
     MAX_INT64,
 )
+# in range for the apiserver (int64, quantities), out of range for what is computed from them
+LARGE: tuple[Any, ...] = (2**31, 2**40, 2**53 + 1, 2**62, MAX_INT64, "9223372036854775807", "8Ei", "9223372036854775807Ei", "1e18")
 ODD_STRINGS: tuple[str, ...] = (
     "",
     " ",
@@ -293,7 +296,13 @@ class Fuzzer:
         inside = [s for s in spots if s[0][:2] == ("request", "object")]
         pool = inside if inside and rnd.random() < 0.8 else spots
         where, parent, key = pool[rnd.randrange(len(pool))]
-        kind = rnd.choice(("delete", "retype", "retype", "insert", "duplicate", "number", "string", "string", "deep"))
+        kind = rnd.choice(
+            ("delete", "retype", "retype", "insert", "duplicate", "number", "string", "string", "deep", "large")
+        )
+        if kind == "large":  # a number or quantity the apiserver accepts, made as large as it allows
+            numeric = [s for s in inside or spots if _numeric(s[1][s[2]])]
+            if numeric:
+                where, parent, key = numeric[rnd.randrange(len(numeric))]
         value = parent[key]
         if kind == "delete":
             del parent[key]
@@ -315,6 +324,8 @@ class Fuzzer:
                 parent[key] = [value, value]
         elif kind == "number":
             parent[key] = rnd.choice(ODD_NUMBERS)
+        elif kind == "large":
+            parent[key] = rnd.choice(LARGE)
         elif kind == "string":
             parent[key] = rnd.choice(ODD_STRINGS)
         else:
@@ -354,6 +365,13 @@ class Fuzzer:
             text = text.replace(json.dumps(marker), nested)
         # a lone surrogate written raw is not UTF-8: the body is then invalid UTF-8
         return text.encode("utf-8", "surrogatepass")
+
+
+def _numeric(value: Any) -> bool:
+    """An integer, or a string that reads as a quantity ("2", "40Gi", "500m")."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value[:1].isdigit() and len(value) < 16)
 
 
 def _spots(node: Any, where: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any, Any]]:

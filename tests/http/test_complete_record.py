@@ -144,3 +144,18 @@ def test_a_large_body_is_decided_on_a_thread_and_a_small_one_on_the_loop() -> No
     assert post_raw(app, "/mutate", json.dumps(large).encode()).status_code == 200
     assert where[0] == threading.current_thread().name or not where[0].startswith("decide")
     assert where[1].startswith("decide")
+
+
+def test_a_claim_whose_charge_is_beyond_cel_integers_is_denied_by_the_rule_not_a_500() -> None:
+    from tests.fuzz.reviews import seeds
+    from tests.fuzz.test_fuzz import runtime
+
+    sink = ListSink()
+    path, body = next(s for s in seeds() if s[1]["request"]["kind"]["kind"] == "ResourceClaim" and s[1]["request"]["object"])
+    body["request"]["object"]["spec"]["devices"]["requests"][0]["exactly"]["count"] = 2**62  # an int64 the apiserver accepts
+    response = post_raw(runtime(sink).app, path, json.dumps(body).encode())
+    assert response.status_code == 200
+    answer = response.json()["response"]
+    assert answer["allowed"] is False and "beyond CEL's 64-bit integers" in answer["status"]["message"]
+    [record] = sink.records()
+    assert record["decision"] == "denied"
