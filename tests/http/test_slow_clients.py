@@ -3,6 +3,7 @@ crowd out genuine reviews (webhook/serving/guard.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -156,3 +157,18 @@ def test_half_sent_connections_are_closed_in_time_and_genuine_reviews_are_answer
     uids = {str(r["uid"]) for r in records if r["reason"] == "incomplete-body"}
     assert uids == {f"uid-half-body-{n}" for n in range(PER_KIND)}
     assert {f"genuine-{n}" for n in range(20)} <= {str(r["uid"]) for r in records}
+
+
+def test_headers_past_the_size_limit_close_the_connection(server: Server) -> None:
+    context = ssl.create_default_context(cafile=str(server.ca))
+    sock = tls(server.port, context)
+    try:
+        sock.sendall(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n")
+        filler = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        with contextlib.suppress(OSError, ssl.SSLError):  # the server may close while more are on their way
+            for _ in range(200):  # 200 KB of headers, past the 64 KiB limit
+                sock.sendall(filler)
+        assert closed_by_server(sock, time.monotonic() + APISERVER_TIMEOUT)
+    finally:
+        sock.close()
+    assert server.closed.get("header-size") == 1

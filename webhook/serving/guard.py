@@ -11,13 +11,14 @@ open connections against ``limit_concurrency``) for as long as the client liked.
 - ``GuardedHttpToolsProtocol`` (uvicorn's httptools protocol) closes a connection whose request
   headers are not complete ``header_timeout`` seconds after it opened (or after its previous
   response, on a kept-alive connection), or whose body is not complete ``body_timeout`` seconds
-  after its headers; the application sees a disconnect;
+  after its headers (the application sees a disconnect), and answers 400 and closes when the
+  request line and headers run past ``max_header_bytes``;
 - a new connection counts against ``limit_concurrency`` only once its first request's headers are
   complete: connections that have sent nothing yet cannot crowd out genuine reviews (once counted,
   a kept-alive connection stays counted, so a graceful shutdown still closes it).
 
-``on_timeout(stage)`` is called for each connection closed (``handshake`` is counted by asyncio and
-not reported; ``headers`` and ``body`` are).
+``on_timeout(stage)`` is called for each connection closed (``headers``, ``body``, ``header-size``;
+a handshake that times out is closed by asyncio and not reported).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 log = logging.getLogger("dra_bridge.guard")
-Stage = Literal["headers", "body"]
+Stage = Literal["headers", "body", "header-size"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Limits:
     handshake_timeout: float = 5.0
     header_timeout: float = 5.0
     body_timeout: float = 5.0
+    max_header_bytes: int = 64 * 1024  # the apiserver's request line and headers take well under 1 KiB
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -63,6 +65,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._on_timeout = on_timeout
         self._deadline: asyncio.TimerHandle | None = None
         self._counted = False  # in server_state.connections (limit_concurrency, graceful shutdown)
+        self._in_headers = True  # reading a request line and headers (httptools does not bound them)
+        self._header_bytes = 0
 
     def _arm(self, seconds: float, stage: Stage) -> None:
         self._disarm()
@@ -98,12 +102,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._counted = False
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._in_headers or self.transport is None or self.transport.is_closing():
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > self._limits.max_header_bytes:
+            if self._on_timeout is not None:
+                self._on_timeout("header-size")
+            self._disarm()
+            self.send_400_response(f"request headers over {self._limits.max_header_bytes} bytes")
+
     def on_message_begin(self) -> None:
+        self._in_headers, self._header_bytes = True, 0
         super().on_message_begin()
         if self._deadline is None:  # a new request on a kept-alive connection
             self._arm(self._limits.header_timeout, "headers")
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._count()  # before uvicorn compares the count with limit_concurrency
         self._arm(self._limits.body_timeout, "body")
         super().on_headers_complete()

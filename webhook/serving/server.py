@@ -206,6 +206,7 @@ def limits_of(settings: Settings) -> Limits:
         handshake_timeout=settings.tls_handshake_timeout_seconds,
         header_timeout=settings.header_timeout_seconds,
         body_timeout=settings.body_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
     )
 
 

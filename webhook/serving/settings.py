@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
     header_timeout_seconds: float = Field(default=5.0, gt=0)
     body_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers; past it: 400, closed
     # The work one review may cost: Pods with more containers are refused (413) with a message, and bodies
     # over inline_max_bytes are decided on a thread, so the event loop keeps answering small reviews.
     max_pod_containers: int = Field(default=500, ge=1)
