@@ -46,9 +46,7 @@ def runtime(sink: ListSink) -> Runtime:
 
 
 def test_every_seed_is_a_valid_review_answered_200() -> None:
-    app = runtime(ListSink()).app
-    cases = Fuzzer(0).cases(0)  # nothing mutated: the seeds themselves
-    assert list(cases) == []
+    app = runtime(ListSink()).app  # the seeds themselves, unmutated
 
     async def go() -> list[int]:
         transport = httpx.ASGITransport(app=app)

@@ -28,7 +28,7 @@ from webhook.serving.server import Runtime, build_runtime, dev_cluster, uvicorn_
 from webhook.serving.settings import Settings
 from webhook.serving.tls import server_ssl_context
 
-LIMIT = 3.0  # seconds, for the handshake, the headers and the body
+LIMIT = 5.0  # seconds, for the handshake, the headers and the body (the defaults)
 PER_KIND = 100  # connections of each slow kind: 400 in all
 MAX_CONCURRENCY = 150  # below the slow connections' count: were they counted, genuine reviews would get 503
 APISERVER_TIMEOUT = 10.0
