@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -120,6 +121,7 @@ def serve_dev(**env: str) -> Iterator[Served]:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+    shutil.rmtree(folder, ignore_errors=True)  # kept, with server.err, when the block failed
 
 
 def genuine_review(uid: str) -> dict[str, Any]:
