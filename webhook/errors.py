@@ -87,6 +87,13 @@ class InvalidPolicy(Denial):
     code = 422
 
 
+class TooLarge(Denial):
+    """An object past the work one review may cost (say, a Pod of thousands of containers)."""
+
+    reason = "RequestEntityTooLarge"
+    code = 413
+
+
 class ClusterError(BridgeError):
     """The cluster could not be read or written; the failurePolicy decides."""
 

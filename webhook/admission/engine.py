@@ -24,6 +24,7 @@ from webhook.errors import (
     NotReady,
     TemplateTampered,
     TenantMove,
+    TooLarge,
     Unconverted,
     code_of,
 )
@@ -51,6 +52,9 @@ class AdmissionSettings:
     leave_native: bool = True  # KEP-5004: leave names a DeviceClass serves natively, and warn
     require_conversion: bool = True  # validate: refuse Pods that still carry convertible legacy requests
     tenant_admin_groups: frozenset[str] = frozenset({"system:masters"})  # may move namespaces between tenants
+    # The work one review may cost: a Pod's containers are converted one by one (a 15,000-container
+    # Pod took 2 s); Pods with more are refused with a message rather than stalling other reviews.
+    max_containers: int = 500
 
 
 class Admission:
@@ -80,6 +84,7 @@ class Admission:
         if request.kind.kind != "Pod" or request.operation != "CREATE" or request.sub_resource:
             return _allow("mutate", request, "not-a-pod-create")
         pod = _object(request)
+        self._bounded(pod)
         namespace = request.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
         self._require_ready()
         if self._skipped(pod, namespace):
@@ -166,6 +171,15 @@ class Admission:
         if not ready:
             raise NotReady(f"caches have not synced yet ({detail})")
 
+    def _bounded(self, pod: dict[str, Any]) -> None:
+        spec = pod.get("spec") or {}
+        count = sum(len(spec.get(field) or ()) for field in ("initContainers", "containers", "ephemeralContainers"))
+        if count > self._settings.max_containers:
+            raise TooLarge(
+                f"the Pod has {count} containers; dra-bridge decides Pods of at most {self._settings.max_containers} "
+                "(DRA_BRIDGE_MAX_POD_CONTAINERS) so that no one review holds up the others"
+            )
+
     def _skipped(self, pod: dict[str, Any], namespace: str) -> bool:
         labels = (pod.get("metadata") or {}).get("labels")
         return opted_out(labels) or opted_out(self._cluster.namespace_labels(namespace))
@@ -228,6 +242,7 @@ class Admission:
 
     def _validate_pod(self, request: AdmissionRequest) -> Decision:
         pod = _object(request)
+        self._bounded(pod)
         namespace = _namespace(request, pod)
         skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}

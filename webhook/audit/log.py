@@ -22,6 +22,11 @@ A record (schema ``dra-bridge.io/audit/v1``; keys always present, lists may be e
      "policyVersion": "..." | null, "extra": {}, "latencyMs": 1.234,
      "replica": "dra-bridge-7c9d-x2", "process": "5f0c2a9e41d7", "seq": 42, "schema": "dra-bridge.io/audit/v1"}
 
+A request the HTTP layer answers without a decision (a malformed body: 400; too large: 413;
+overloaded: 503) is recorded too, as decision ``error`` with the reason, ``extra.httpStatus`` and
+the uid when one could be read from the body (``rejection_fields``); so is an internal failure
+(``error_fields``). Every answered review has exactly one record.
+
 ``seq`` grows by one per record within a process, ``process`` is random per process start: a gap in
 ``seq`` for one (replica, process) is a lost record (a failed write consumes its number, so a
 request answered with 500 for want of its record shows as a gap); a new ``process`` is a restart.
@@ -51,7 +56,7 @@ from typing import Any, Literal, Protocol, TextIO
 from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest
 from webhook.audit.files import rotated_indexes, rotated_name
-from webhook.errors import AuditWriteError, BridgeError
+from webhook.errors import AuditWriteError, BridgeError, failure_of
 from webhook.inline import WouldBlock
 from webhook.quota.figure import QuotaFigure
 from webhook.translate.rewrite import Conversion
@@ -106,7 +111,52 @@ def error_fields(webhook: Webhook, request: AdmissionRequest, elapsed: float, er
         "templatesCreated": [],
         "quota": [],
         "policyVersion": None,
-        "extra": {},
+        "extra": {"httpStatus": failure_of(error).status},
+        "latencyMs": round(elapsed * 1000, 3),
+    }
+
+
+def rejection_fields(
+    webhook: Webhook,
+    *,
+    uid: str | None,
+    status: int,
+    reason: str,
+    message: str,
+    elapsed: float,
+    request: AdmissionRequest | None = None,
+) -> dict[str, Any]:
+    """The record of a request answered before any decision (400, 413, 503, ...): what could be read of it.
+
+    ``uid`` is the review's uid when one could be read from the body, else ``""``; the request's other
+    facts are filled in only when the envelope itself was read.
+    """
+    known = (
+        _request_fields(webhook, request)
+        if request is not None
+        else {
+            "webhook": webhook,
+            "uid": uid or "",
+            "operation": "",
+            "kind": {"group": "", "version": "", "kind": ""},
+            "namespace": "",
+            "name": "",
+            "user": "",
+            "groups": [],
+        }
+    )
+    return {
+        **known,
+        "tenant": None,
+        "dryRun": request.dry_run if request is not None else False,
+        "decision": "error",
+        "reason": reason,
+        "message": _cut(message, MAX_MESSAGE),
+        "conversions": [],
+        "templatesCreated": [],
+        "quota": [],
+        "policyVersion": None,
+        "extra": {"httpStatus": status},
         "latencyMs": round(elapsed * 1000, 3),
     }
 
@@ -218,11 +268,31 @@ class AuditLog:
 
     def record(self, decision: Decision, request: AdmissionRequest, elapsed: float) -> None:
         """Write the record of ``decision``; raises ``AuditWriteError`` if it is not written."""
-        self._write(decision_fields(decision, request, elapsed))
+        self._write(lambda: decision_fields(decision, request, elapsed), webhook=decision.webhook, uid=request.uid)
 
     def record_error(self, webhook: Webhook, request: AdmissionRequest, elapsed: float, error: BaseException) -> None:
         """Write the record of an internal failure (decision ``error``)."""
-        self._write(error_fields(webhook, request, elapsed, error))
+        self._write(lambda: error_fields(webhook, request, elapsed, error), webhook=webhook, uid=request.uid)
+
+    def record_rejection(
+        self,
+        webhook: Webhook,
+        *,
+        uid: str | None,
+        status: int,
+        reason: str,
+        message: str,
+        elapsed: float,
+        request: AdmissionRequest | None = None,
+    ) -> None:
+        """Write the record of a request the HTTP layer answered without a decision (``rejection_fields``)."""
+        self._write(
+            lambda: rejection_fields(
+                webhook, uid=uid, status=status, reason=reason, message=message, elapsed=elapsed, request=request
+            ),
+            webhook=webhook,
+            uid=uid,
+        )
 
     def audited(self, webhook: Webhook, handler: Handler, *, annotate: bool = True) -> Handler:
         """``handler`` with every decision recorded before it is returned, and every failure recorded.
@@ -259,9 +329,27 @@ class AuditLog:
         with self._lock:
             self.sink.close()
 
-    def _write(self, fields: dict[str, Any]) -> None:
+    def _write(self, build: Callable[[], dict[str, Any]], *, webhook: Webhook, uid: str | None) -> None:
+        """Number, stamp and write one record.
+
+        The number is taken first, so the only way a record goes missing is the sink failing after
+        it (``AuditWriteError``), which leaves a gap in ``seq``. If the fields cannot be built, a
+        record saying so is written instead; a string that is not valid Unicode (a lone surrogate)
+        is written escaped.
+        """
         with self._lock:  # numbering, time and writing together: the file is in seq order
             self._seq += 1
+            try:
+                fields = build()
+            except Exception as err:
+                fields = rejection_fields(
+                    webhook,
+                    uid=uid if isinstance(uid, str) else None,
+                    status=500,
+                    reason="audit-record-failed",
+                    message=f"the record could not be made: {type(err).__name__}: {err}",
+                    elapsed=0.0,
+                )
             record = {
                 "time": rfc3339(self._clock()),
                 **fields,
@@ -270,7 +358,13 @@ class AuditLog:
                 "seq": self._seq,
                 "schema": SCHEMA,
             }
-            self.sink.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            if not line.isascii():
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:
+                    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+            self.sink.write(line + "\n")
 
 
 def open_audit_log(

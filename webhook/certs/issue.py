@@ -342,6 +342,65 @@ def create_serving_cert(
 # Names
 
 
+def create_client_cert(
+    *,
+    ca: KeyPair,
+    common_name: str,
+    valid_for: timedelta = DEFAULT_SERVING_VALIDITY,
+    now: datetime | None = None,
+) -> KeyPair:
+    """Issue an ECDSA P-256 TLS client certificate (``clientAuth``) for ``common_name``.
+
+    For the apiserver's side of client-certificate verification: the certificate it presents to the
+    webhook (deploy/apiserver/webhook-kubeconfig.yaml), signed by the CA the server is given as
+    ``--client-ca``. Like a serving certificate, it never outlives its CA.
+    """
+    now = resolve_now(now)
+    if not common_name or len(common_name) > _MAX_CN_LENGTH:
+        raise ValueError(f"common_name must have 1 to {_MAX_CN_LENGTH} characters, got {common_name!r}")
+    if valid_for <= timedelta(0):
+        raise ValueError(f"valid_for must be positive, got {valid_for}")
+    ca_key = _signing_key(ca)
+    ca_cert = ca.certificate
+    if not _is_ca(ca_cert):
+        raise CertificateError(f"issuer {ca_cert.subject.rfc4514_string()!r} is not a CA certificate")
+    if now >= ca_cert.not_valid_after_utc:
+        raise CertificateError(f"CA {ca_cert.subject.rfc4514_string()!r} expired at {ca_cert.not_valid_after_utc}")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(min(now + valid_for, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, _hash_for(ca_key))
+    )
+    return KeyPair(cert_pem=cert_to_pem(cert), key_pem=_key_pem(key))
+
+
 def service_dns_names(service: str, namespace: str) -> list[str]:
     """The names the API server may use for ``service`` in ``namespace``.
 

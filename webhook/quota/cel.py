@@ -70,13 +70,37 @@ class Activation:
         self._converted: dict[str, Any] = {}
 
     def for_names(self, names: frozenset[str]) -> dict[str, Any]:
+        """The CEL values of ``names``; raises ``CelEvaluationError`` for one CEL cannot hold.
+
+        CEL's integers are 64-bit: a value computed from what the apiserver accepts (a count of
+        2**62 times 80 GiB of memory per device) can be larger, and a rule cannot be evaluated on it.
+        """
         out = {}
         for name in names:
             if name not in self._converted and name in self._values:
-                self._converted[name] = json_to_cel(self._values[name])
+                try:
+                    self._converted[name] = json_to_cel(self._values[name])
+                except (ValueError, OverflowError):
+                    raise CelEvaluationError(_beyond_int64(self._values[name], name) or f"{name} cannot be a CEL value") from None
             if name in self._converted:
                 out[name] = self._converted[name]
         return out
+
+
+def _beyond_int64(value: Any, where: str) -> str | None:
+    """Where in ``value`` an integer lies beyond CEL's 64-bit range, and which, or None."""
+    stack = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, bool):
+            continue
+        if isinstance(node, int) and not -(2**63) <= node < 2**63:
+            return f"{at} is {node}, beyond CEL's 64-bit integers"
+        if isinstance(node, Mapping):
+            stack.extend((item, f"{at}.{key}") for key, item in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((item, f"{at}[{i}]") for i, item in enumerate(node))
+    return None
 
 
 _environment_lock = threading.Lock()

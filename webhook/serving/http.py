@@ -1,8 +1,12 @@
 """The HTTP layer: the only module that knows FastAPI.
 
-It caps the body, checks the content type, decodes the AdmissionReview envelope, echoes the uid,
+It caps the body, checks the content type, decodes the AdmissionReview envelope and checks the shape
+of the object inside (``webhook.admission.shapes``: what no apiserver sends is a 400 naming the field
+and the value, so the core can rely on shapes), echoes the uid,
 times the decision and counts it. The audit record is written by the handler (``AuditLog.audited``)
-before the decision comes back here, so an unrecordable decision is answered with 500. A malformed request gets 400
+before the decision comes back here, so an unrecordable decision is answered with 500; a request
+answered here without a decision (400, 413, 503) is recorded here (``AuditLog.record_rejection``),
+with the uid when the body shows one. Every answered review has exactly one record. A malformed request gets 400
 with a message that names what is wrong; an internal failure gets 500 so the cluster's
 failurePolicy decides; user input never causes a 500.
 """
@@ -14,17 +18,20 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
-from webhook.admission.decision import Decision
+from webhook.admission.decision import Decision, Webhook
 from webhook.admission.review import AdmissionRequest, AdmissionReview, review_response
+from webhook.admission.shapes import check_object, parse_body, shown
+from webhook.audit.log import AuditLog
 from webhook.errors import AuditWriteError, MalformedReview, NotReady, failure_of
 from webhook.inline import WouldBlock, answering_by, deciding_inline
 from webhook.serving.metrics import Metrics
@@ -37,9 +44,9 @@ Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, uid: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
+        self.status, self.reason, self.message, self.uid = status, reason, message, uid
 
 
 class LoopLag:
@@ -82,6 +89,8 @@ def create_app(
     inline: bool = True,
     shed_after: float | None = 1.0,
     lag: LoopLag | None = None,
+    audit: AuditLog | None = None,
+    inline_max_bytes: int | None = 256 * 1024,
 ) -> FastAPI:
     # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
     # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
@@ -111,8 +120,11 @@ def create_app(
 
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
-    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest) -> Decision:
-        if inline:
+    async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest, size: int) -> Decision:
+        # A large object is decided on a thread from the start: the loop then keeps answering the
+        # small reviews in between (the interpreter switches threads every few milliseconds) instead
+        # of waiting out its whole decision.
+        if inline and (inline_max_bytes is None or size <= inline_max_bytes):
             try:
                 with deciding_inline():
                     return handler(admission_request)
@@ -121,27 +133,46 @@ def create_app(
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, handler, admission_request)
 
-    async def review(request: Request, webhook: Literal["mutate", "validate"], handler: Handler) -> Response:
+    def rejected(webhook: Webhook, bad: _BadRequest, started: float) -> Response:
+        """Answer ``bad`` without a decision, recorded first (no record, no answer: then 500, a gap in seq)."""
+        metrics.rejected_requests.inc(bad.reason)
+        if audit is not None:
+            try:
+                audit.record_rejection(
+                    webhook,
+                    uid=bad.uid,
+                    status=bad.status,
+                    reason=bad.reason,
+                    message=bad.message,
+                    elapsed=time.perf_counter() - started,
+                )
+            except AuditWriteError as err:
+                metrics.audit_write_failures.inc(webhook)
+                failure = failure_of(err)
+                return JSONResponse({"message": failure.message}, status_code=failure.status)
+        return JSONResponse({"message": bad.message}, status_code=bad.status)
+
+    async def review(request: Request, webhook: Webhook, handler: Handler) -> Response:
         started = time.perf_counter()
         behind = lag.behind()
-        if shed_after is not None and behind > shed_after:
-            metrics.rejected_requests.inc("overloaded")
-            return JSONResponse(
-                {
-                    "message": f"overloaded: requests wait {behind:.1f}s before they are decided "
-                    f"(limit {shed_after:g}s); the webhook's failurePolicy applies"
-                },
-                status_code=503,
-            )
         try:
-            admission_request = await _read_review(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes)
         except _BadRequest as bad:
-            metrics.rejected_requests.inc(bad.reason)
-            return JSONResponse({"message": bad.message}, status_code=bad.status)
+            return rejected(webhook, bad, started)
+        if shed_after is not None and behind > shed_after:
+            message = (
+                f"overloaded: requests wait {behind:.1f}s before they are decided "
+                f"(limit {shed_after:g}s); the webhook's failurePolicy applies"
+            )
+            return rejected(webhook, _BadRequest(503, "overloaded", message, uid=uid_hint(body)), started)
+        try:
+            admission_request = _read_review(body, request.headers.get("content-type", ""))
+        except _BadRequest as bad:
+            return rejected(webhook, bad, started)
         answer_by = _deadline(request, time.monotonic())
         try:
             with answering_by(answer_by):
-                decision = await decide(webhook, handler, admission_request)
+                decision = await decide(webhook, handler, admission_request, len(body))
         except Exception as err:
             failure = failure_of(err)
             if isinstance(err, MalformedReview):
@@ -205,32 +236,90 @@ def _deadline(request: Request, started: float) -> float | None:
     return started + max(0.0, float(text[:-1]) - 0.1)
 
 
-async def _read_review(request: Request, limit: int) -> AdmissionRequest:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise _BadRequest(400, "content-type", f"Content-Type must be application/json, got {content_type!r}")
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes; past it, 413 with the uid if the part read shows one."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BadRequest(413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes")
+        head = bytearray()  # enough to read the uid, which the apiserver writes near the start
+        async for chunk in _chunks(request, head):
+            head.extend(chunk)
+            if len(head) >= UID_WITHIN:
+                break
+        raise _BadRequest(
+            413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes", uid=uid_hint(head)
+        )
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, body):
         body.extend(chunk)
         if len(body) > limit:
-            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes")
+            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(body))
+    return bytes(body)
+
+
+async def _chunks(request: Request, read: bytearray) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; if the connection closes first, 408 with the uid of what was ``read``.
+
+    The client left, or was closed for sending its body too slowly (webhook/serving/guard.py): no
+    one hears the answer, but the record still says what happened.
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise _BadRequest(
+                408, "incomplete-body", f"the connection closed after {len(read)} bytes of the body", uid=uid_hint(read)
+            )
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+UID_WITHIN = 4096  # bytes read of a body too large to take, to find its uid
+_UID = re.compile(rb'"request"\s*:\s*\{\s*"uid"\s*:\s*("(?:[^"\\]|\\.){1,256}?")')
+
+
+def uid_hint(body: bytes | bytearray) -> str | None:
+    """The review's uid read from a body that did not parse: the apiserver writes it first in ``request``."""
+    found = _UID.search(body)
+    if found is None:
+        return None
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise _BadRequest(400, "malformed-json", f"body is not JSON: {err}") from None
+        uid = json.loads(found.group(1))
+        uid.encode("utf-8")  # a lone surrogate is no uid
+    except (ValueError, UnicodeError):
+        return None
+    return uid if isinstance(uid, str) and uid else None
+
+
+def _read_review(body: bytes, content_type: str) -> AdmissionRequest:
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise _BadRequest(
+            400, "content-type", f"Content-Type must be application/json, got {content_type!r}", uid=uid_hint(body)
+        )
+    try:
+        document = parse_body(body)
+    except MalformedReview as err:
+        raise _BadRequest(400, "malformed-json", str(err), uid=uid_hint(body)) from None
     if not isinstance(document, dict):
         raise _BadRequest(400, "malformed-review", "body must be a JSON object (an AdmissionReview)")
+    inner = document.get("request")
+    uid = inner.get("uid") if isinstance(inner, dict) else None
+    uid = uid if isinstance(uid, str) and uid else None
     try:
         review = AdmissionReview.model_validate(document)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _BadRequest(
-            400, "malformed-review", f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}"
+            400,
+            "malformed-review",
+            f"not an admission.k8s.io/v1 AdmissionReview: {where}: {first['msg']}, got {shown(first.get('input'))}",
+            uid=uid,
         ) from None
     if review.request is None:
         raise _BadRequest(400, "malformed-review", "AdmissionReview has no request")
+    if review.request.object is not None:
+        try:
+            check_object(review.request.kind.kind, review.request.object)
+        except MalformedReview as err:
+            raise _BadRequest(400, "malformed-object", str(err), uid=uid) from None
     return review.request

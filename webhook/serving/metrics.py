@@ -131,6 +131,11 @@ class Metrics:
         self.rejected_requests = Counter(
             "dra_bridge_rejected_http_requests_total", "HTTP requests refused before admission, by reason.", ("reason",)
         )
+        self.slow_connections_closed = Counter(
+            "dra_bridge_slow_connections_closed_total",
+            "Connections closed because a request's headers or body did not arrive in time, by stage.",
+            ("stage",),
+        )
         self.ready = Gauge("dra_bridge_ready", "1 when caches and policies have synced.")
         self.audit_write_failures = Counter(
             "dra_bridge_audit_write_failures_total",

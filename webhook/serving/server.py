@@ -26,6 +26,7 @@ from webhook.cluster import ClusterPort
 from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.enforcement import QuotaEnforcer
 from webhook.serving.collector import settle
+from webhook.serving.guard import Limits, Stage, guarded_protocol
 from webhook.serving.http import create_app
 from webhook.serving.metrics import Metrics, collect_certificate, collect_quota
 from webhook.serving.settings import Settings
@@ -100,6 +101,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
             leave_native=settings.leave_native_extended_resources,
             require_conversion=settings.require_conversion,
             tenant_admin_groups=frozenset(settings.tenant_admin_groups),
+            max_containers=settings.max_pod_containers,
         ),
         quota=quota,
         catalogue_documents=catalogue.documents,
@@ -141,6 +143,8 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         max_body_bytes=settings.max_body_bytes,
         threads=settings.workers_threads,
         shed_after=settings.shed_after_seconds or None,
+        audit=audit,
+        inline_max_bytes=settings.inline_max_bytes,
     )
     return Runtime(
         settings=settings,
@@ -183,6 +187,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         max_concurrency=settings.max_concurrency,
+        limits=limits_of(settings),
+        on_timeout=lambda stage: runtime.metrics.slow_connections_closed.inc(stage),
     )
     log.info(
         "dra-bridge serving on https://%s:%d (%s cluster, catalogue from %s)",
@@ -202,6 +208,15 @@ def _use_uvloop() -> None:
     except ImportError:  # pragma: no cover - Windows
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        handshake_timeout=settings.tls_handshake_timeout_seconds,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
+    )
 
 
 def serving_tls(settings: Settings) -> tuple[ssl.SSLContext, CertificateReloader]:
@@ -226,19 +241,22 @@ def uvicorn_server(
     port: int,
     log_level: str = "info",
     max_concurrency: int | None = Settings.model_fields["max_concurrency"].default,
+    limits: Limits | None = None,
+    on_timeout: Callable[[Stage], None] | None = None,
 ) -> uvicorn.Server:
-    """The production server settings, shared by ``serve``, the HTTP tests and the benchmark."""
+    """The production server settings, shared by ``serve``, the HTTP tests and the benchmark.
 
-    def context_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        return context  # uvicorn serves this very object, so the reloader's updates reach new handshakes
-
+    TLS and the time limits on slow clients are the protocol's (``webhook.serving.guard``): it serves
+    ``context`` itself, this very object, so the reloader's updates reach new handshakes.
+    """
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        ssl_context_factory=context_factory,
         log_level=log_level,
-        http="httptools",  # the C parser; h11 (pure Python) costs a large share of a small request
+        # uvicorn's httptools protocol (the C parser; h11, pure Python, costs a large share of a small
+        # request), guarded, behind TLS with a handshake limit
+        http=guarded_protocol(context, limits=limits or Limits(), on_timeout=on_timeout),  # type: ignore[arg-type]
         access_log=False,
         timeout_keep_alive=5,  # keep-alive connections stay pinned to a terminating Pod: keep them short
         timeout_graceful_shutdown=20,  # SIGTERM: stop accepting, finish in-flight reviews, then exit

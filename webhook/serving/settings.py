@@ -62,3 +62,14 @@ class Settings(BaseSettings):
     # Requests are shed with 503 while the event loop runs this many seconds behind (webhook/serving/http.py):
     # below the apiserver's 3 s mutate timeout, so what is still decided is still awaited. 0: never.
     shed_after_seconds: float = Field(default=1.0, ge=0)
+    # Slow clients (webhook/serving/guard.py): a connection is closed when its TLS handshake, its request
+    # headers (from the connection or the previous response) or its body (from the headers) take longer.
+    # The apiserver sends a review at once and gives up after the webhook's timeoutSeconds (3-5 s).
+    tls_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
+    header_timeout_seconds: float = Field(default=5.0, gt=0)
+    body_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers; past it: 400, closed
+    # The work one review may cost: Pods with more containers are refused (413) with a message, and bodies
+    # over inline_max_bytes are decided on a thread, so the event loop keeps answering small reviews.
+    max_pod_containers: int = Field(default=500, ge=1)
+    inline_max_bytes: int = Field(default=256 * 1024, ge=0)

@@ -1,8 +1,9 @@
 """Server-side TLS for the webhook: the SSLContext and its live certificate reload.
 
-uvicorn builds its ``ssl.SSLContext`` once (``uvicorn.Config.load()`` stores it
-at ``config.ssl``; pass ours through ``ssl_context_factory``) and hands that
-very object to ``loop.create_server``.  Calling ``load_cert_chain`` on it later
+The server serves one ``ssl.SSLContext`` object for its whole life (the
+connection protocol of ``webhook.serving.guard`` wraps each connection in TLS
+with it; plain uvicorn would keep it at ``config.ssl`` when passed through
+``ssl_context_factory``).  Calling ``load_cert_chain`` on it later
 changes the certificate offered on *new* handshakes without a restart, which is
 how rotated Secret files (kubelet swaps them atomically via a symlink) or
 ``webhook.certs.files.write_pair`` output reach clients.  :class:`CertificateReloader` does
