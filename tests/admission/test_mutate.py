@@ -209,3 +209,50 @@ def test_unsynced_caches_never_decide(index: CatalogueIndex) -> None:
     with pytest.raises(NotReady):
         admission.validate(request(gpu_pod()))
     assert admission.mutate(request(gpu_pod(), kind="ConfigMap")).outcome == "allowed"  # not ours: no cache needed
+
+
+# -- node by node: a Pod that may run only where a device plugin serves it is left for it ----------
+def mixed_cluster() -> tuple[Any, Any]:
+    from webhook.admission.nodes import NodePools
+
+    pools = NodePools()
+    pools.on_node("ADDED", {"metadata": {"name": "dp-1", "labels": {"pool": "legacy"}}, "status": {"allocatable": {"nvidia.com/gpu": "4"}}})
+    pools.on_node("ADDED", {"metadata": {"name": "dra-1", "labels": {"pool": "dra"}}, "status": {"allocatable": {"cpu": "8"}}})
+    pools.on_slice(
+        "ADDED",
+        {
+            "metadata": {"name": "dra-1-gpu"},
+            "spec": {"driver": "gpu.nvidia.com", "nodeName": "dra-1", "pool": {"name": "dra-1"}, "devices": [{"name": "gpu-0"}]},
+        },
+    )
+    return pools, None
+
+
+def test_a_pod_pinned_to_device_plugin_nodes_is_left_for_the_device_plugin(index: CatalogueIndex) -> None:
+    from webhook.admission.engine import Admission
+    from webhook.cluster.memory import InMemoryCluster
+
+    pools, _ = mixed_cluster()
+    cluster = InMemoryCluster()
+    cluster.add_namespace("team-a")
+    admission = Admission(cluster=cluster, catalogue=lambda: index, nodes=pools)
+    pinned = pod(container(limits={"nvidia.com/gpu": "1"}))
+    pinned["spec"]["nodeSelector"] = {"pool": "legacy"}
+    decision = admission.mutate(request(pinned))
+    assert decision.reason == "left-for-device-plugin" and decision.response.patch is None
+    assert "advertise nvidia.com/gpu" in decision.message
+    assert admission.validate(request(pinned)).outcome == "allowed"  # the backstop agrees
+    by_affinity = pod(container(limits={"nvidia.com/gpu": "1"}))
+    by_affinity["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "NotIn", "values": ["dra"]}]}]
+            }
+        }
+    }
+    assert admission.mutate(request(by_affinity)).reason == "left-for-device-plugin"
+    anywhere = pod(container(limits={"nvidia.com/gpu": "1"}))
+    assert admission.mutate(request(anywhere)).reason == "converted"  # it may run on the DRA node
+    on_dra = pod(container(limits={"nvidia.com/gpu": "1"}))
+    on_dra["spec"]["nodeSelector"] = {"pool": "dra"}
+    assert admission.mutate(request(on_dra)).reason == "converted"

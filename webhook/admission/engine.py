@@ -14,6 +14,7 @@ from typing import Any
 
 from webhook.admission.decision import Decision, Webhook
 from webhook.admission.jsonpatch import diff
+from webhook.admission.nodes import NodePools
 from webhook.admission.review import AdmissionRequest, allowed, denied, patched
 from webhook.admission.templates import PlannedTemplates, TemplateProvisioner
 from webhook.cluster import ClusterPort
@@ -67,6 +68,7 @@ class Admission:
         provisioner: TemplateProvisioner | None = None,
         quota: QuotaEnforcer | None = None,
         catalogue_documents: Callable[[], list[dict[str, Any]]] | None = None,
+        nodes: NodePools | None = None,
     ) -> None:
         self._cluster = cluster
         self._catalogue = catalogue
@@ -75,6 +77,7 @@ class Admission:
         self.quota = quota
         self._catalogue_documents = catalogue_documents or (lambda: [])
         self._planned = PlannedTemplates()
+        self.nodes = nodes
 
     # -- mutate ------------------------------------------------------------------------------
     def mutate(self, request: AdmissionRequest) -> Decision:
@@ -98,6 +101,17 @@ class Admission:
         if not plan.changed:
             reason = "native-extended-resource" if plan.warnings else "no-legacy-request"
             return _allow("mutate", request, reason, warnings=warnings)
+        left = self._left_for_device_plugin(pod, plan)
+        if left is not None:
+            warnings.append(_short(f"dra-bridge: {left}"))
+            return Decision(
+                webhook="mutate",
+                response=allowed(request.uid, warnings=warnings),
+                outcome="allowed",
+                reason="left-for-device-plugin",
+                message=left,
+                tenant=self._tenant_name(namespace),
+            )
         if rollout == "observe":
             return self._observed(request, pod, plan, namespace, warnings)
         for template in plan.templates:  # a dry run's Pod is checked against what the real create makes
@@ -118,6 +132,26 @@ class Admission:
             conversions=plan.conversions,
             templates_created=created,
             tenant=self._tenant_name(namespace),
+        )
+
+    def _left_for_device_plugin(self, pod: dict[str, Any], plan: RewritePlan) -> str | None:
+        """Why the Pod is left for a device plugin (it may run only on nodes a device plugin serves,
+        none of them with the DRA drivers its claims would need), or None: convert it."""
+        if self.nodes is None:
+            return None
+        index = self._catalogue()
+        drivers = {
+            index.driver_of_class(sub.get("deviceClassName", ""))
+            for template in plan.templates
+            for request in (template.get("spec") or {}).get("spec", {}).get("devices", {}).get("requests", [])
+            for sub in request.get("firstAvailable") or [request.get("exactly") or {}]
+        }
+        legacy = {name for c in plan.conversions for name in c.legacy}
+        if self.nodes.serving(pod, drivers={d for d in drivers if d}, legacy=legacy) != "device-plugin":
+            return None
+        return (
+            f"left for the device plugin: the nodes this Pod may run on advertise {', '.join(sorted(legacy))} "
+            "and publish no devices of the DRA drivers its claims would need"
         )
 
     def _rollout(self, namespace: str) -> str:
@@ -248,7 +282,7 @@ class Admission:
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
         if self._settings.require_conversion and not skipped and self._rollout(namespace) == "convert":
             plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
-            if plan.changed:
+            if plan.changed and self._left_for_device_plugin(pod, plan) is None:
                 names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
                 raise Unconverted(
                     f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA "

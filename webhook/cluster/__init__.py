@@ -19,7 +19,10 @@ EventHandler = Callable[[EventType, dict[str, Any]], None]
 #   catalogue-configmaps ConfigMaps in the webhook's namespace labelled dra-bridge.io/catalogue=true
 #   deviceclasses        every DeviceClass (the quota evaluates their selectors)
 #   resourceslices       every ResourceSlice (the devices the allocator can hand out)
-Source = Literal["resourceclaims", "policy-configmaps", "catalogue-configmaps", "deviceclasses", "resourceslices"]
+#   nodes                every Node's labels and allocatable extended resources (node-by-node migration)
+Source = Literal[
+    "resourceclaims", "policy-configmaps", "catalogue-configmaps", "deviceclasses", "resourceslices", "nodes"
+]
 
 
 class AlreadyExists(Exception):

@@ -84,6 +84,20 @@ def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_node(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A Node reduced to its name, labels and allocatable extended resources (``vendor/name``)."""
+    meta = obj.get("metadata") or {}
+    allocatable = (obj.get("status") or {}).get("allocatable") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": dict(meta.get("labels") or {}),
+        },
+        "status": {"allocatable": {k: v for k, v in allocatable.items() if "/" in str(k)}},
+    }
+
+
 def slim_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
     return {

@@ -12,6 +12,7 @@ cached and watched:
   resourceclaimtemplates managed by dra-bridge, every namespace (the request path reads them)
   resourceclaims         every namespace, slimmed to what subscribers need (the quota ledger)
   resourceslices         every slice, for the quota's device inventory (reduced to shapes there)
+  nodes                  labels and allocatable extended resources (which nodes a device plugin serves)
   configmaps x2          in the webhook's namespace, labelled as policies / catalogue parts
 
 Pods are not cached: ``referenced_templates`` pages through them (500 at a time) and only runs in
@@ -58,6 +59,7 @@ from webhook.cluster.informer import (
     parse_watch_line,
     slim_claim,
     slim_namespace,
+    slim_node,
     split_lines,
     without_managed_fields,
 )
@@ -87,6 +89,7 @@ SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/toke
 # records every call it makes and checks it is listed here.
 CLUSTER_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("", "namespaces"): frozenset({"list", "watch"}),
+    ("", "nodes"): frozenset({"list", "watch"}),
     ("", "pods"): frozenset({"list"}),  # only the template garbage collector, off the request path
     ("resource.k8s.io", "deviceclasses"): frozenset({"list", "watch"}),
     ("resource.k8s.io", "resourceclaims"): frozenset({"list", "watch"}),
@@ -247,6 +250,7 @@ class KubeCluster:
         )
         self.claims = informer("resourceclaims", f"{RESOURCE_API}/resourceclaims", slim=slim_claim, store=ClaimStore())
         self.resourceslices = informer("resourceslices", f"{RESOURCE_API}/resourceslices")
+        self.nodes = informer("nodes", "/api/v1/nodes", slim=slim_node)
         self.policy_configmaps = informer("policy-configmaps", configmaps, label_selector=f"{POLICY_LABEL}=true")
         self.catalogue_configmaps = informer(
             "catalogue-configmaps", configmaps, label_selector=f"{CATALOGUE_LABEL}=true"
@@ -257,6 +261,7 @@ class KubeCluster:
             self.templates,
             self.claims,
             self.resourceslices,
+            self.nodes,
             self.policy_configmaps,
             self.catalogue_configmaps,
         )
@@ -266,6 +271,7 @@ class KubeCluster:
             "catalogue-configmaps": self.catalogue_configmaps,
             "deviceclasses": self.deviceclasses,
             "resourceslices": self.resourceslices,
+            "nodes": self.nodes,
         }
         self.namespaces_informer.subscribe(self._namespace_changed)
 

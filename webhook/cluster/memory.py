@@ -29,6 +29,7 @@ class InMemoryCluster:
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._device_classes: dict[str, dict[str, Any]] = {}
         self._slices: dict[str, dict[str, Any]] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
         # Claims are kept as the real adapter keeps them: identity and spec, specs shared by shape.
         self._claims = ClaimStore()
         self._configmaps: dict[str, dict[str, Any]] = {}
@@ -103,6 +104,11 @@ class InMemoryCluster:
             self._slices[resource_slice["metadata"]["name"]] = copy.deepcopy(resource_slice)
         self._emit("resourceslices", "ADDED", resource_slice)
 
+    def put_node(self, node: dict[str, Any]) -> None:
+        with self._lock:
+            self._nodes[node["metadata"]["name"]] = copy.deepcopy(node)
+        self._emit("nodes", "ADDED", node)
+
     def delete_resource_slice(self, name: str) -> None:
         with self._lock:
             gone = self._slices.pop(name, None)
@@ -119,6 +125,8 @@ class InMemoryCluster:
                 existing = list(self._device_classes.values())
             elif source == "resourceslices":
                 existing = list(self._slices.values())
+            elif source == "nodes":
+                existing = list(self._nodes.values())
             else:
                 existing = [c for c in self._configmaps.values() if source in _configmap_sources(c)]
         for obj in existing:

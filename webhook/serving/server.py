@@ -20,6 +20,7 @@ import uvicorn
 import yaml
 
 from webhook.admission.engine import Admission, AdmissionSettings
+from webhook.admission.nodes import NodePools
 from webhook.audit.log import AuditLog, open_audit_log
 from webhook.certs.files import ensure_dev_certs
 from webhook.cluster import ClusterPort
@@ -93,6 +94,9 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
     )
     quota.attach()
     catalogue.subscribe(quota.catalogue_changed)
+    nodes = NodePools()
+    cluster.watch("nodes", nodes.on_node)
+    cluster.watch("resourceslices", nodes.on_slice)
     cluster.watch("catalogue-configmaps", catalogue.on_configmap)
     admission = Admission(
         cluster=cluster,
@@ -105,6 +109,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         ),
         quota=quota,
         catalogue_documents=catalogue.documents,
+        nodes=nodes,
     )
 
     def readiness() -> tuple[bool, dict[str, Any]]:

@@ -417,6 +417,22 @@ class CatalogueIndex:
                 assert entry.name is not None, "annotations are matched by exact name"
                 self._annotations[entry.name] = (source, entry)
 
+    def driver_of_class(self, device_class: str) -> str | None:
+        """The DRA driver name (``device.driver``) behind one of the unified DeviceClasses."""
+        found = self.derived.get(("driver-of-class", device_class), False)
+        if found is False:
+            found = next(
+                (
+                    d.driver
+                    for d in self.catalogue.drivers
+                    for kind in DEVICE_KINDS
+                    if self.catalogue.class_name(kind, d.name) == device_class
+                ),
+                None,
+            )
+            self.derived[("driver-of-class", device_class)] = found
+        return found  # type: ignore[no-any-return]
+
     def resource(self, name: str) -> Match | None:
         hit = self._resources.get(name)
         if hit is not None:

@@ -460,6 +460,7 @@ def cluster_with(transport: FakeTransport) -> KubeCluster:
         TEMPLATES,
         "/apis/resource.k8s.io/v1/resourceclaims",
         "/apis/resource.k8s.io/v1/resourceslices",
+        "/api/v1/nodes",
         "/api/v1/namespaces/dra-bridge/configmaps",
     ):
         transport.collections.setdefault(path, [])
@@ -482,7 +483,7 @@ def test_ready_names_the_caches_it_waits_for() -> None:
     cluster = cluster_with(transport)
     ready, detail = cluster.ready()
     assert not ready and detail.startswith(
-        "waiting for: namespaces, deviceclasses, resourceclaimtemplates, resourceclaims, resourceslices"
+        "waiting for: namespaces, deviceclasses, resourceclaimtemplates, resourceclaims, resourceslices, nodes"
     )
     for inf in cluster.informers[:-1]:
         inf.relist()
