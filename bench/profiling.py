@@ -40,17 +40,28 @@ WORKLOADS = {
 }
 
 
-def runtime_for(*, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path) -> Any:
-    from bench.server import seed_claims, seeded_cluster
+def runtime_for(
+    *, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path, devices: int = 0, device_shapes: int = 100
+) -> Any:
+    from bench.server import seed_claims, seed_devices, seeded_cluster
     from webhook.serving.server import build_runtime
     from webhook.serving.settings import Settings
 
-    spec = {"claims": claims, "tenants": tenants, "rules": rules, "rule_tenants": rule_tenants}
+    spec = {
+        "claims": claims,
+        "tenants": tenants,
+        "rules": rules,
+        "rule_tenants": rule_tenants,
+        "devices": devices,
+        "device_shapes": device_shapes,
+    }
     cluster = seeded_cluster(spec)
     fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
     if "audit_file" in Settings.model_fields:
         fields["audit_file"] = str(audit)
     runtime = build_runtime(Settings(**fields), cluster=cluster)
+    if devices:
+        seed_devices(cluster, spec)
     seed_claims(cluster, spec)
     return runtime
 
@@ -161,6 +172,8 @@ def cmd_app(args: argparse.Namespace) -> None:
             rules=rules,
             rule_tenants=args.rule_tenants,
             audit=Path(tmp) / f"audit-{name}.log",
+            devices=args.devices,
+            device_shapes=args.device_shapes,
         )
 
     async def drive(app: Any, batch: list[bytes]) -> float:
@@ -212,6 +225,8 @@ def cmd_live(args: argparse.Namespace) -> None:
         "tenants": args.tenants,
         "rules": rules,
         "rule_tenants": args.rule_tenants,
+        "devices": args.devices,
+        "device_shapes": args.device_shapes,
     }
     if args.ceiling:
         spec = {"app": "ceiling"}
@@ -277,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--rules", type=int, default=5)
     common.add_argument("--rule-tenants", type=int, default=10)
     common.add_argument("--top", type=int, default=30)
+    common.add_argument("--devices", type=int, default=0, help="published GPUs (and the project's DeviceClasses)")
+    common.add_argument("--device-shapes", type=int, default=100)
     seed = sub.add_parser("seed", parents=[common])
     seed.set_defaults(func=cmd_seed)
     app = sub.add_parser("app", parents=[common])
