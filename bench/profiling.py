@@ -80,12 +80,19 @@ def bodies(name: str, count: int, *, tenants: int, rule_tenants: int) -> list[by
 
 
 def cmd_seed(args: argparse.Namespace) -> None:
-    from bench.server import seeded_cluster
+    from bench.server import seed_devices, seeded_cluster
     from webhook.serving.server import build_runtime
     from webhook.serving.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"claims": 0, "tenants": args.tenants, "rules": 0, "rule_tenants": 0}
+        spec = {
+            "claims": 0,
+            "tenants": args.tenants,
+            "rules": 0,
+            "rule_tenants": 0,
+            "devices": args.devices,
+            "device_shapes": args.device_shapes,
+        }
         cluster = seeded_cluster(spec)
         fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
         if "audit_file" in Settings.model_fields:
@@ -95,12 +102,14 @@ def cmd_seed(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
+        if args.devices:
+            seed_devices(cluster, spec)
         for claim in claims:
             cluster.add_claim(claim)
         profiler.disable()
         elapsed = time.perf_counter() - started
         print(
-            f"seeded {runtime.quota.ledger.claim_count} claims in {elapsed:.2f} s under cProfile "
+            f"seeded {args.devices} devices and {runtime.quota.ledger.claim_count} claims in {elapsed:.2f} s under cProfile "
             f"({1e6 * elapsed / max(1, args.claims):.0f} us per claim)"
         )
         print_stats(profiler, args.top)
