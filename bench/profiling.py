@@ -3,6 +3,7 @@
     python bench/profiling.py seed --claims 20000            # cProfile: add_claim -> usage ledger
     python bench/profiling.py app --workload mutate_small    # pyinstrument: one process, no sockets
     python bench/profiling.py live --workload mutate_small   # cProfile in the real server under vegeta
+    python bench/profiling.py paced --claims 100000 --devices 10000   # latency in one process at 200 req/s
 
 ``app`` sends AdmissionReviews straight into the ASGI app (FastAPI, the HTTP layer, the audit log,
 the engine; decisions run on the event loop, so one profiler sees the whole request). ``live`` runs bench/server.py on
@@ -40,17 +41,28 @@ WORKLOADS = {
 }
 
 
-def runtime_for(*, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path) -> Any:
-    from bench.server import seed_claims, seeded_cluster
+def runtime_for(
+    *, claims: int, tenants: int, rules: int, rule_tenants: int, audit: Path, devices: int = 0, device_shapes: int = 100
+) -> Any:
+    from bench.server import seed_claims, seed_devices, seeded_cluster
     from webhook.serving.server import build_runtime
     from webhook.serving.settings import Settings
 
-    spec = {"claims": claims, "tenants": tenants, "rules": rules, "rule_tenants": rule_tenants}
+    spec = {
+        "claims": claims,
+        "tenants": tenants,
+        "rules": rules,
+        "rule_tenants": rule_tenants,
+        "devices": devices,
+        "device_shapes": device_shapes,
+    }
     cluster = seeded_cluster(spec)
     fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
     if "audit_file" in Settings.model_fields:
         fields["audit_file"] = str(audit)
     runtime = build_runtime(Settings(**fields), cluster=cluster)
+    if devices:
+        seed_devices(cluster, spec)
     seed_claims(cluster, spec)
     return runtime
 
@@ -68,12 +80,19 @@ def bodies(name: str, count: int, *, tenants: int, rule_tenants: int) -> list[by
 
 
 def cmd_seed(args: argparse.Namespace) -> None:
-    from bench.server import seeded_cluster
+    from bench.server import seed_devices, seeded_cluster
     from webhook.serving.server import build_runtime
     from webhook.serving.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"claims": 0, "tenants": args.tenants, "rules": 0, "rule_tenants": 0}
+        spec = {
+            "claims": 0,
+            "tenants": args.tenants,
+            "rules": 0,
+            "rule_tenants": 0,
+            "devices": args.devices,
+            "device_shapes": args.device_shapes,
+        }
         cluster = seeded_cluster(spec)
         fields: dict[str, Any] = {"dev": True, "policies_dir": ROOT / "policies", "log_level": "warning"}
         if "audit_file" in Settings.model_fields:
@@ -83,12 +102,14 @@ def cmd_seed(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
+        if args.devices:
+            seed_devices(cluster, spec)
         for claim in claims:
             cluster.add_claim(claim)
         profiler.disable()
         elapsed = time.perf_counter() - started
         print(
-            f"seeded {runtime.quota.ledger.claim_count} claims in {elapsed:.2f} s under cProfile "
+            f"seeded {args.devices} devices and {runtime.quota.ledger.claim_count} claims in {elapsed:.2f} s under cProfile "
             f"({1e6 * elapsed / max(1, args.claims):.0f} us per claim)"
         )
         print_stats(profiler, args.top)
@@ -161,6 +182,8 @@ def cmd_app(args: argparse.Namespace) -> None:
             rules=rules,
             rule_tenants=args.rule_tenants,
             audit=Path(tmp) / f"audit-{name}.log",
+            devices=args.devices,
+            device_shapes=args.device_shapes,
         )
 
     async def drive(app: Any, batch: list[bytes]) -> float:
@@ -190,6 +213,70 @@ def cmd_app(args: argparse.Namespace) -> None:
         print(f"HTML profile: {args.html}")
 
 
+# -- paced (in process, at a fixed rate) -----------------------------------------------------------------
+
+
+def cmd_paced(args: argparse.Namespace) -> None:
+    """Latency of one process answering at a fixed rate, without sockets, TLS or other processes'
+    time slices in the figure: the server's own pauses (the garbage collector's, a reprice) apart
+    from the machine's. Collected and frozen first, as ``serve`` does once synced."""
+    import gc
+
+    from webhook.serving.collector import settle
+
+    path = WORKLOADS[args.workload][0]
+    rules = args.rules if args.workload == "validate_rules" else 0
+    count = int(args.rate * args.seconds)
+    payloads = bodies(args.workload, count + 200, tenants=args.tenants, rule_tenants=args.rule_tenants)
+    full: list[float] = []
+    began: list[float] = []
+
+    def collected(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[:] = [time.perf_counter()]
+        elif info["generation"] == 2 and began:
+            full.append(time.perf_counter() - began[0])
+
+    async def drive(app: Any) -> tuple[float, list[float]]:
+        for body in payloads[:200]:  # the first decision prices the claims after the inventory came in
+            await call(app, path, body)
+        gc.callbacks.append(collected)
+        latencies = []
+        started, cpu = time.perf_counter(), time.process_time()
+        for i, body in enumerate(payloads[200:]):
+            wait = started + i / args.rate - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            sent = time.perf_counter()
+            status, answer = await call(app, path, body)
+            latencies.append(time.perf_counter() - sent)
+            if status != 200 or b'"allowed":true' not in answer:
+                raise SystemExit(f"unexpected answer {status}: {answer[:300]!r}")
+        gc.callbacks.remove(collected)
+        return time.process_time() - cpu, latencies
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = runtime_for(
+            claims=args.claims,
+            tenants=args.tenants,
+            rules=rules,
+            rule_tenants=args.rule_tenants,
+            audit=Path(tmp) / "audit.log",
+            devices=args.devices,
+            device_shapes=args.device_shapes,
+        )
+        settle()
+        cpu, latencies = asyncio.run(drive(built.app))
+    ms = sorted(1e3 * x for x in latencies)
+    n = len(ms)
+    print(
+        f"{args.workload}, {args.claims:,} claims, {args.devices:,} devices: {args.rate} req/s for {args.seconds:g} s, "
+        f"{1e3 * cpu / n:.3f} ms CPU/request; p50 {ms[n // 2]:.3f}, p99 {ms[int(n * 0.99)]:.3f}, "
+        f"p99.9 {ms[int(n * 0.999)]:.3f}, max {ms[-1]:.1f} ms; full collections {len(full)}, "
+        f"longest {1e3 * max(full, default=0):.1f} ms"
+    )
+
+
 # -- live (cProfile in every thread of the real server under vegeta) --------------------------------------
 
 
@@ -212,6 +299,8 @@ def cmd_live(args: argparse.Namespace) -> None:
         "tenants": args.tenants,
         "rules": rules,
         "rule_tenants": args.rule_tenants,
+        "devices": args.devices,
+        "device_shapes": args.device_shapes,
     }
     if args.ceiling:
         spec = {"app": "ceiling"}
@@ -277,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--rules", type=int, default=5)
     common.add_argument("--rule-tenants", type=int, default=10)
     common.add_argument("--top", type=int, default=30)
+    common.add_argument("--devices", type=int, default=0, help="published GPUs (and the project's DeviceClasses)")
+    common.add_argument("--device-shapes", type=int, default=100)
     seed = sub.add_parser("seed", parents=[common])
     seed.set_defaults(func=cmd_seed)
     app = sub.add_parser("app", parents=[common])
@@ -284,6 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     app.add_argument("--requests", type=int, default=3000)
     app.add_argument("--html")
     app.set_defaults(func=cmd_app)
+    paced = sub.add_parser("paced", parents=[common])
+    paced.add_argument("--workload", choices=sorted(WORKLOADS), default="validate")
+    paced.add_argument("--rate", type=int, default=200)
+    paced.add_argument("--seconds", type=float, default=30)
+    paced.set_defaults(func=cmd_paced)
     live = sub.add_parser("live", parents=[common])
     live.add_argument("--workload", choices=sorted(WORKLOADS), default="mutate_small")
     live.add_argument("--ceiling", action="store_true", help="profile the ceiling instead")

@@ -66,6 +66,8 @@ class Config:
     out: Path
     keep_work: bool
     only: tuple[str, ...] = ()  # run just these workloads (and the servers they need)
+    devices: int = 0  # published GPUs for the inventory run (beside the most claims); 0: no such run
+    device_shapes: int = 100
     targets: dict[str, float] = field(default_factory=dict)
 
 
@@ -75,6 +77,8 @@ TARGETS = {
     "quota_p99_ratio_max": 1.10,
     "rss_with_claims_mib_max": 160.0,
     "ready_with_claims_seconds_max": 15.0,
+    "inventory_p99_ratio_max": 1.10,
+    "ready_with_inventory_seconds_max": 15.0,
 }
 
 
@@ -91,6 +95,13 @@ def parse_config(argv: list[str] | None) -> Config:
     parser.add_argument("--workers", help="saturation worker counts (default 32,64; quick 32)")
     parser.add_argument("--claims", help="existing claims per quota run (default 0,10000,100000; quick 0,100000)")
     parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=10_000,
+        help="published GPUs of the inventory run, beside the most claims (default 10,000; 0: no inventory run)",
+    )
+    parser.add_argument("--device-shapes", type=int, default=100, help="distinct shapes among them (default 100)")
     parser.add_argument("--rules", help="CEL rule counts (default 0,5,20)")
     parser.add_argument("--rule-tenants", type=int, default=10, help="tenants carrying the rules (default 10)")
     parser.add_argument("--ready-timeout", type=float, help="seconds to wait for /readyz (default 900, quick 45)")
@@ -127,6 +138,8 @@ def parse_config(argv: list[str] | None) -> Config:
         out=args.out,
         keep_work=args.keep_work,
         only=tuple(args.only.split(",")) if args.only else (),
+        devices=args.devices,
+        device_shapes=args.device_shapes,
         targets=dict(TARGETS),
     )
     if max(config.rules) > len(workload.TRUE_RULES):
@@ -348,6 +361,13 @@ class Workload:
     secondary: bool = False  # --quick runs only its saturation attacks
 
 
+INVENTORY_WORKLOAD = "validate_inventory"
+
+
+def inventory_server(config: Config) -> str:
+    return f"inventory-{config.devices}"
+
+
 def plan(config: Config) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
     """Servers (name -> spec) and the workloads, in the order they run."""
     fewest = config.claims[0]
@@ -355,6 +375,13 @@ def plan(config: Config) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
     servers: dict[str, dict[str, Any]] = {"ceiling": {"app": "ceiling"}}
     for n in config.claims:
         servers[f"claims-{n}"] = {"app": "dra-bridge", "claims": n, "tenants": config.tenants, "rules": 0}
+    most = config.claims[-1]
+    if config.devices:  # right after the same claims without an inventory: the two are compared
+        servers[inventory_server(config)] = {
+            **servers[f"claims-{most}"],
+            "devices": config.devices,
+            "device_shapes": config.device_shapes,
+        }
     for r in config.rules:
         if r:
             servers[f"rules-{r}"] = {
@@ -384,6 +411,18 @@ def plan(config: Config) -> tuple[dict[str, dict[str, Any]], list[Workload]]:
         workloads.append(
             Workload(f"validate_claims_{n}", f"claims-{n}", "/validate", "claims", "allowed", "ceiling_claim")
         )
+        if config.devices and n == most:
+            workloads.append(
+                Workload(
+                    INVENTORY_WORKLOAD,
+                    inventory_server(config),
+                    "/validate",
+                    "claims",
+                    "allowed",
+                    "ceiling_claim",
+                    note=f"{most:,} claims and {config.devices:,} published GPUs in {config.device_shapes} shapes",
+                )
+            )
     for r in config.rules:
         if r:
             workloads.append(
@@ -643,6 +682,20 @@ def figures_of(config: Config, results: dict[str, Any]) -> dict[str, Any]:
         "with_claims": big_server.get("ready_seconds"),
         "claims": most,
     }
+    inventory_ready = servers.get(inventory_server(config), {}).get("ready_seconds") if config.devices else None
+    with_inventory = figures["latency_ms"].get(INVENTORY_WORKLOAD, {}).get(str(config.rates[0]), {}).get("p99")
+    figures["inventory"] = {
+        "devices": config.devices,
+        "shapes": config.device_shapes,
+        "claims": most,
+        "rate": config.rates[0],
+        "p99_ms": with_inventory,
+        "p99_ms_without": quota[str(most)],
+        "p99_ratio": ratio(with_inventory, quota[str(most)]),
+        "ready_seconds": inventory_ready,
+        "ready_seconds_without": big_server.get("ready_seconds"),
+        "rss_ready_mib": servers.get(inventory_server(config), {}).get("rss_ready_mib") if config.devices else None,
+    }
     successes, overloaded = split_by_capacity(w)
     figures["success_ratio_min"] = min(successes) if successes else None
     figures["overloaded"] = overloaded
@@ -701,6 +754,25 @@ def targets_of(config: Config, figures: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         ("every request within capacity succeeded (success ratio 1.0)", figures["success_ratio_min"], 1.0, ">=", ""),
     ]
+    if config.devices:
+        inv = figures["inventory"]
+        checks += [
+            (
+                f"claim validation p99 with {config.devices:,} devices within 10% of none "
+                f"({most:,} claims, at {config.rates[0]} req/s)",
+                inv["p99_ratio"],
+                t["inventory_p99_ratio_max"],
+                "<=",
+                "x",
+            ),
+            (
+                f"Ready within 15 s with {config.devices:,} devices and {most:,} claims",
+                inv["ready_seconds"],
+                t["ready_with_inventory_seconds_max"],
+                "<=",
+                " s",
+            ),
+        ]
     out: list[dict[str, Any]] = []
     for name, value, limit, op, unit in checks:
         if value is None:
@@ -749,6 +821,8 @@ def required_figures(config: Config) -> list[str]:
             paths += [f"figures.p99_vs_ceiling.{w.name}.{rate}" for rate in config.rates]
     paths += [f"figures.quota.p99_ms_by_claims.{n}" for n in config.claims]
     paths += [f"figures.rules.p99_ms_by_rules.{r}" for r in config.rules]
+    if config.devices:
+        paths += [f"figures.inventory.{k}" for k in ("p99_ms", "p99_ms_without", "p99_ratio", "ready_seconds")]
     return paths
 
 
@@ -832,6 +906,14 @@ def table(config: Config, results: dict[str, Any]) -> str:
     lines.append(
         f"  Ready: idle {fmt(f['ready_seconds']['idle'])} s, with {f['ready_seconds']['claims']:,} claims {fmt(f['ready_seconds']['with_claims'])} s"
     )
+    inv = f["inventory"]
+    if inv["devices"]:
+        lines.append(
+            f"  inventory: {inv['devices']:,} devices in {inv['shapes']} shapes with {inv['claims']:,} claims: "
+            f"claim validation p99 at {inv['rate']} req/s {fmt(inv['p99_ms'])} ms vs {fmt(inv['p99_ms_without'])} ms "
+            f"without (ratio {fmt(inv['p99_ratio'])}); Ready {fmt(inv['ready_seconds'])} s vs "
+            f"{fmt(inv['ready_seconds_without'])} s; RSS {fmt(inv['rss_ready_mib'], 1)} MiB"
+        )
     for o in f.get("overloaded", []):
         failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "none"
         lines.append(

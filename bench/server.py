@@ -41,6 +41,8 @@ DEFAULT_SPEC: dict[str, Any] = {
     "rule_tenants": None,  # how many tenants (the first ones) carry the rules; None: all
     "reservation_ttl": None,  # seconds; None: the production default of Settings
     "audit_file": None,  # where the decision log goes; None: <cert-dir>/../audit.log
+    "devices": 0,  # published GPUs (ResourceSlices, eight per node) and the project's DeviceClasses; 0: none
+    "device_shapes": 100,  # distinct device shapes among them (product, driver version, whole or MIG)
 }
 
 
@@ -56,7 +58,7 @@ def parse_spec(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"unknown spec keys {unknown}; known: {sorted(DEFAULT_SPEC)}")
         spec.update(given)
-    for key in ("app", "claims", "tenants", "rules", "rule_tenants", "reservation_ttl", "audit_file"):
+    for key in ("app", "claims", "tenants", "rules", "rule_tenants", "reservation_ttl", "audit_file", "devices"):
         value = getattr(args, key)
         if value is not None:
             spec[key] = value
@@ -78,7 +80,27 @@ def seeded_cluster(spec: dict[str, Any]) -> Any:
     cluster.put_configmap(
         workload.quota_policy(tenants=spec["tenants"], rules=spec["rules"], rule_tenants=spec["rule_tenants"])
     )
+    if spec.get("devices"):
+        from webhook.serving.server import catalogue_files
+        from webhook.translate.catalogue import load_catalogue
+        from webhook.translate.deviceclasses import render_device_classes
+
+        for device_class in render_device_classes(load_catalogue(catalogue_files(ROOT / "policies"))):
+            cluster.add_device_class(device_class)
     return cluster
+
+
+def seed_devices(cluster: Any, spec: dict[str, Any]) -> None:
+    """The GPU nodes' ResourceSlices, one by one through ``put_resource_slice`` (the path a watch
+    event takes to the quota's device inventory), as an informer's initial list delivers them."""
+    from bench import workload
+
+    slices = workload.resource_slices(spec["devices"], spec["device_shapes"])
+    step = max(1, len(slices) // 10)
+    for i, resource_slice in enumerate(slices):
+        cluster.put_resource_slice(resource_slice)
+        if (i + 1) % step == 0:
+            emit("seeding-devices", slices=i + 1, of=len(slices))
 
 
 def seed_claims(cluster: Any, spec: dict[str, Any]) -> None:
@@ -188,6 +210,10 @@ def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
     )
     runtime = webhook_server.build_runtime(settings, cluster=cluster)
     emit("runtime-built", policy=runtime.quota.policies.current.version, errors=runtime.quota.policies.errors)
+    if spec["devices"]:
+        seed_devices(cluster, spec)
+        inventory = runtime.quota.inventory
+        emit("devices-seeded", shapes=len(inventory.snapshot().published), errors=inventory.errors)
     seed_claims(cluster, spec)
     emit("claims-seeded", claims=runtime.quota.ledger.claim_count)
     context, reloader = webhook_server.serving_tls(settings)  # as `dra-bridge serve` builds them
@@ -241,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rule-tenants", dest="rule_tenants", type=int)
     parser.add_argument("--reservation-ttl", dest="reservation_ttl", type=float)
     parser.add_argument("--audit-file", dest="audit_file")
+    parser.add_argument("--devices", type=int, help="published GPUs (and the project's DeviceClasses)")
     parser.add_argument("--cprofile", type=Path, help="profile every thread (CPU time) and write pstats here on exit")
     args = parser.parse_args(argv)
     spec = parse_spec(args)

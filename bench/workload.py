@@ -130,6 +130,65 @@ def stored_claim(index: int, *, tenants: int) -> dict[str, Any]:
     }
 
 
+# -- the device inventory ----------------------------------------------------------------------------
+
+DRIVER = "gpu.nvidia.com"
+DEVICES_PER_NODE = 8
+# (productName, memory, multiprocessors) of the whole GPUs; MIG shapes take a seventh of each.
+PRODUCTS: tuple[tuple[str, str, int], ...] = (
+    ("NVIDIA A100-SXM4-40GB", "40Gi", 108),
+    ("NVIDIA A100-SXM4-80GB", "80Gi", 108),
+    ("NVIDIA H100 80GB HBM3", "80Gi", 132),
+    ("NVIDIA H200", "141Gi", 132),
+    ("NVIDIA L40S", "48Gi", 142),
+)
+
+
+def device(shape: int, index: int) -> dict[str, Any]:
+    """Device ``index`` of a node, of shape ``shape``: shapes differ by product, driver version and
+    kind (every tenth shape from the seventh on is a MIG device), as the NVIDIA driver publishes them."""
+    product, memory, sms = PRODUCTS[shape % len(PRODUCTS)]
+    mig = shape % 10 >= 7
+    attributes: dict[str, Any] = {
+        "type": {"string": "mig" if mig else "gpu"},
+        "productName": {"string": product},
+        "driverVersion": {"version": f"1.{shape}.0"},
+        "uuid": {"string": f"GPU-{shape:04d}-{index:08d}"},
+    }
+    capacity: dict[str, Any] = {"memory": {"value": memory}, "multiprocessors": {"value": str(sms)}}
+    if mig:
+        attributes["profile"] = {"string": "1g." + memory.removesuffix("Gi") + "gb"}
+        capacity = {
+            "memory": {"value": f"{int(memory.removesuffix('Gi')) * 1024 // 8}Mi"},
+            "multiprocessors": {"value": str(sms // 7)},
+        }
+    return {"name": f"gpu-{index}", "attributes": attributes, "capacity": capacity}
+
+
+def resource_slices(devices: int, shapes: int) -> list[dict[str, Any]]:
+    """``devices`` GPUs in ``shapes`` shapes (device ``i`` has shape ``i % shapes``), eight per node,
+    one ResourceSlice per node as the driver publishes them."""
+    out = []
+    for node, first in enumerate(range(0, devices, DEVICES_PER_NODE)):
+        name = f"gpu-node-{node:05d}"
+        out.append(
+            {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceSlice",
+                "metadata": {"name": f"{name}-{DRIVER}"},
+                "spec": {
+                    "driver": DRIVER,
+                    "nodeName": name,
+                    "pool": {"name": name, "generation": 1, "resourceSliceCount": 1},
+                    "devices": [
+                        device(i % shapes, i - first) for i in range(first, min(devices, first + DEVICES_PER_NODE))
+                    ],
+                },
+            }
+        )
+    return out
+
+
 # -- admission reviews ----------------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ def result(vegeta: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "--tenants", "10",
         "--rules", "0,2",
         "--rule-tenants", "2",
+        "--devices", "0",  # the inventory run has its own smoke test (test_inventory_bench_smoke.py)
         "--timeout", "10",
         "--ready-timeout", "120",
         "--out", str(out),

@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ import yaml
 from tests.e2e.controlplane import LOOPBACK, ControlPlane, _pdeathsig, free_port, tail
 from webhook.certs.files import write_pair
 from webhook.certs.issue import create_ca, create_serving_cert
+from webhook.translate.quantity import parse_quantity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -419,3 +422,91 @@ def device_index(slices: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, st
 def attribute(device: Mapping[str, Any], name: str) -> Any:
     value = (device.get("attributes") or {}).get(name) or {}
     return next(iter(value.values()), None)
+
+
+# -- what the scheduler actually handed out -----------------------------------------------------
+def claim_pod(
+    name: str, *, claims: Mapping[str, str] | None = None, templates: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A Pod using ResourceClaims by name (``claims``: pod claim name -> ResourceClaim) and through
+    templates (``templates``: pod claim name -> ResourceClaimTemplate), as a DRA user writes it."""
+    refs = [{"name": k, "resourceClaimName": v} for k, v in (claims or {}).items()]
+    refs += [{"name": k, "resourceClaimTemplateName": v} for k, v in (templates or {}).items()]
+    manifest = pod(name)
+    manifest["spec"]["resourceClaims"] = refs
+    manifest["spec"]["containers"][0]["resources"] = {"claims": [{"name": r["name"]} for r in refs]}
+    return manifest
+
+
+def _amount(value: Any) -> Fraction:
+    return parse_quantity(value) if value is not None else Fraction(0)
+
+
+@dataclass
+class Allocated:
+    """Devices handed out to a set of claims, read from ``status.allocation`` and the ResourceSlices
+    (never from the claims' requests): what a tenant really holds."""
+
+    devices: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # whole / partition / shared
+    memory: Fraction = Fraction(0)  # bytes
+    compute: Fraction = Fraction(0)  # percent of one GPU
+    profiles: dict[str, int] = field(default_factory=dict)
+    results: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        gib = float(self.memory / 2**30)
+        return (
+            f"{self.devices} devices {self.kinds}, memory {gib:.2f}Gi, compute {float(self.compute):.1f} %, "
+            f"profiles {self.profiles}: {'; '.join(self.results)}"
+        )
+
+
+def allocated_to(claims: Iterable[Mapping[str, Any]], slices: Iterable[Mapping[str, Any]]) -> Allocated:
+    """Sum what the allocator gave ``claims``, device by device:
+
+    - a device that cannot be shared is held whole: its ``memory`` capacity; 100 % compute for a
+      GPU, and for a partition (``type: mig``) its share of a whole GPU's multiprocessors;
+    - a shared device (``allowMultipleAllocations``) holds what the result's ``consumedCapacity``
+      reports (memory; ``cores``/``compute`` out of the device's value as percent), or the whole
+      capacity where a capacity is not reported.
+    """
+    index = device_index(slices)
+    whole_sms: dict[str, Fraction] = {}
+    for (driver, _, _), (_, device) in index.items():
+        sms = ((device.get("capacity") or {}).get("multiprocessors") or {}).get("value")
+        if sms is not None and attribute(device, "type") != "mig":
+            whole_sms[driver] = max(whole_sms.get(driver, Fraction(0)), _amount(sms))
+    out = Allocated()
+    for claim in claims:
+        allocation = (claim.get("status") or {}).get("allocation")
+        if not allocation:
+            continue
+        for result in allocation["devices"]["results"]:
+            _, device = index[(result["driver"], result["pool"], result["device"])]
+            capacity = device.get("capacity") or {}
+            value = {name: _amount(c.get("value")) for name, c in capacity.items()}
+            if device.get("allowMultipleAllocations"):
+                kind = "shared"
+                consumed = {name: _amount(v) for name, v in (result.get("consumedCapacity") or {}).items()}
+                memory = consumed.get("memory", value.get("memory", Fraction(0)))
+                compute = Fraction(100)
+                for name in ("cores", "compute"):
+                    if value.get(name):
+                        compute = consumed.get(name, value[name]) * 100 / value[name]
+            elif attribute(device, "type") == "mig" or device.get("consumesCounters"):
+                kind = "partition"
+                memory = value.get("memory", Fraction(0))
+                sms, whole = value.get("multiprocessors"), whole_sms.get(result["driver"])
+                compute = sms * 100 / whole if sms is not None and whole else Fraction(100)
+                profile = str(attribute(device, "profile"))
+                out.profiles[profile] = out.profiles.get(profile, 0) + 1
+            else:
+                kind, memory, compute = "whole", value.get("memory", Fraction(0)), Fraction(100)
+            out.devices += 1
+            out.kinds[kind] = out.kinds.get(kind, 0) + 1
+            out.memory += memory
+            out.compute += compute
+            name = claim["metadata"]["name"]
+            out.results.append(f"{name}: {result['device']} ({kind}, {result.get('consumedCapacity') or '-'})")
+    return out

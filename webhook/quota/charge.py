@@ -69,6 +69,18 @@ class Charge:
     def __sub__(self, other: Charge) -> Charge:
         return self._combine(other, -1)
 
+    def times(self, n: int) -> Charge:
+        """``n`` claims of this charge: the same as adding it ``n`` times."""
+        return Charge(
+            devices={k: v * n for k, v in self.devices.items()} if n else {},
+            memory=self.memory * n,
+            compute=self.compute * n,
+            claims=self.claims * n,
+            profiles={k: v * n for k, v in self.profiles.items()} if n else {},
+            matched={k: v * n for k, v in self.matched.items()} if n else {},
+            total_devices=self.total_devices * n,
+        )
+
     def _combine(self, other: Charge, sign: int) -> Charge:
         return Charge(
             devices=_merge(self.devices, other.devices, sign),

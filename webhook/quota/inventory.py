@@ -13,11 +13,16 @@ from webhook.quota.devices import DeviceShape, InventoryError, Snapshot, class_s
 
 class Inventory:
     """ResourceSlices and DeviceClasses as the cluster port delivers them, plus the known models.
-    Every change bumps the generation and tells the subscribers (the quota reprices)."""
+    Every change bumps the generation and tells the subscribers (the quota reprices).
+
+    A slice event costs O(its devices): the devices of all slices are counted by shape as slices
+    come and go, and a snapshot (O(shapes)) is taken on the first read after a change, not per
+    event, so the thousands of slices an informer lists at start-up cost O(devices) in all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slices: dict[str, Counter[DeviceShape]] = {}
+        self._published: Counter[DeviceShape] = Counter()  # over every slice
         self._classes: dict[str, tuple[str, ...]] = {}
         self._models: tuple[DeviceShape, ...] = ()
         self._generation = 0
@@ -35,19 +40,33 @@ class Inventory:
     def snapshot(self) -> Snapshot:
         with self._lock:
             if self._snapshot is None:
-                published: Counter[DeviceShape] = Counter()
-                for counted in self._slices.values():
-                    published.update(counted)
-                self._snapshot = Snapshot(self._generation, dict(published), self._models, dict(self._classes))
+                self._snapshot = Snapshot(self._generation, dict(self._published), self._models, dict(self._classes))
             return self._snapshot
 
     def _changed(self) -> None:
         with self._lock:
             self._generation += 1
             self._snapshot = None
+            subscribers = list(self._subscribers)
+        if not subscribers:
+            return  # taken on the next read
         snapshot = self.snapshot()
-        for on_change in self._subscribers:
+        for on_change in subscribers:
             on_change(snapshot)
+
+    def _replace(self, name: str, counted: Counter[DeviceShape] | None) -> None:
+        """Lock held: slice ``name`` now publishes ``counted`` (None: it is gone)."""
+        old = self._slices.pop(name, None)
+        if old is not None:
+            for shape, n in old.items():
+                left = self._published[shape] - n
+                if left > 0:
+                    self._published[shape] = left
+                else:
+                    del self._published[shape]
+        if counted is not None:
+            self._slices[name] = counted
+            self._published.update(counted)
 
     def set_models(self, models: Iterable[DeviceShape]) -> None:
         with self._lock:
@@ -58,11 +77,11 @@ class Inventory:
         name = str((resource_slice.get("metadata") or {}).get("name", ""))
         with self._lock:
             if event == "DELETED":
-                self._slices.pop(name, None)
+                self._replace(name, None)
                 self.errors.pop(f"ResourceSlice {name}", None)
             else:
                 try:
-                    self._slices[name] = shapes_of_slice(resource_slice)
+                    self._replace(name, shapes_of_slice(resource_slice))
                     self.errors.pop(f"ResourceSlice {name}", None)
                 except InventoryError as err:
                     self.errors[f"ResourceSlice {name}"] = str(err)

@@ -63,6 +63,35 @@ def test_reprice_recomputes_each_shape_once(index: CatalogueIndex) -> None:
     assert len({id(shape[1]) for claims in ledger._claims.values() for shape in claims.values()}) == 1
 
 
+def test_reprice_sums_each_namespace_as_the_claims_one_by_one(index: CatalogueIndex) -> None:
+    shared = {
+        "devices": {
+            "requests": [
+                {
+                    "name": "g",
+                    "exactly": {
+                        "deviceClassName": "shared.hami-core.dra-bridge.io",
+                        "capacity": {"requests": {"memory": "1500Mi"}},
+                    },
+                }
+            ]
+        }
+    }
+    specs = [SPEC, shared, {"devices": {"requests": []}}]
+    patterns = ["whole.*", "kind:shared"]
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)))
+    fresh = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue), device_patterns=patterns))
+    for i in range(60):
+        for each in (ledger, fresh):
+            each.observe(f"ns-{i % 4}", f"c{i}", specs[i % 3 if i % 4 else 0])
+    ledger.forget("ns-1", "c1")
+    fresh.forget("ns-1", "c1")
+    ledger.reprice(Pricer(index.catalogue, catalogue_snapshot(index.catalogue), device_patterns=patterns))
+    for ns in ("ns-0", "ns-1", "ns-2", "ns-3", "nowhere"):
+        assert ledger.usage([ns]) == fresh.usage([ns]), ns
+    assert ledger.usage(["ns-0"]).matched == {"whole.*": 30} and ledger.usage(["ns-0"]).claims == 15
+
+
 def test_a_decision_does_not_walk_other_namespaces_reservations(index: CatalogueIndex, monkeypatch: Any) -> None:
     from webhook.quota import charge as charge_module
 
