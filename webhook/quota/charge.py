@@ -70,7 +70,7 @@ class Charge:
         return self._combine(other, -1)
 
     def times(self, n: int) -> Charge:
-        """``n`` claims of this charge: the same as adding it ``n`` times."""
+        """``n`` claims (or admissions) of this charge: the same as adding it ``n`` times."""
         return Charge(
             devices={k: v * n for k, v in self.devices.items()} if n else {},
             memory=self.memory * n,
@@ -90,18 +90,6 @@ class Charge:
             profiles=_merge(self.profiles, other.profiles, sign),
             matched=_merge(self.matched, other.matched, sign),
             total_devices=self.total_devices + sign * other.total_devices,
-        )
-
-    def times(self, n: int) -> Charge:
-        """``n`` admissions of this charge."""
-        return Charge(
-            devices={k: v * n for k, v in self.devices.items()},
-            memory=self.memory * n,
-            compute=self.compute * n,
-            claims=self.claims * n,
-            profiles={k: v * n for k, v in self.profiles.items()},
-            matched={k: v * n for k, v in self.matched.items()},
-            total_devices=self.total_devices * n,
         )
 
     def as_cel(self) -> dict[str, Any]:
