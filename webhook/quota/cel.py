@@ -1,10 +1,16 @@
 """CEL, behind one module: compile when a policy loads, only evaluate on the request path.
 
-Rules run with celpy's ``InterpretedRunner`` (its compiled runner is not thread-safe, and decisions
-run on the event loop or, when they need the cluster, on the HTTP layer's threads). celpy has no runtime cost limit, so the cost is bounded statically when a
-rule is compiled: a cap on the expression's length and syntax-tree size, and on how deeply
-comprehension macros (``all``, ``exists``, ``map``...) nest. The data a rule sees is bounded too
-(at most 32 requests of 8 alternatives per claim), so a compiled rule's work is bounded.
+Rules run transpiled to Python (celpy's ``Transpiler``, about four times faster than its
+``InterpretedRunner``: 20 rules cost about 0.8 ms against 2.8 ms). celpy's ``CompiledRunner`` keeps
+the activation in its module's globals, which threads would share (decisions run on the event loop
+or, when they need the cluster, on the HTTP layer's threads), so each thread runs the transpiled code
+in globals of its own. Where the transpiled code fails (it does not short-circuit every error the
+interpreter does, e.g. ``pod == null || has(pod.metadata)``), the rule is evaluated again by the
+interpreter, so results and errors are the interpreter's: a differential test runs the rule corpus
+through both. celpy has no runtime cost limit, so the cost is bounded statically when a rule is
+compiled: a cap on the expression's length and syntax-tree size, and on how deeply comprehension
+macros (``all``, ``exists``, ``map``...) nest. The data a rule sees is bounded too (at most 32
+requests of 8 alternatives per claim), so a compiled rule's work is bounded.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import celpy
 from celpy import celtypes
@@ -46,12 +53,27 @@ class Program:
     nodes: int
     _runner: Any
     uses: frozenset[str] = frozenset()  # the variables the expression reads
+    _transpiled: Any = None  # celpy's Transpiler for the same expression, or None
+    # How often the transpiled code answered and failed: a rule whose transpiled code keeps failing
+    # (``pod == null || has(pod.metadata)`` for claims) goes to the interpreter directly.
+    _record: list[int] = field(default_factory=lambda: [0, 0], compare=False, repr=False)
 
     def evaluate(self, activation: Mapping[str, Any] | Activation) -> Any:
         """Evaluate with plain-Python data (dicts, lists, str, int, bool, None), or with an
         ``Activation`` shared by several rules so each variable is converted once per decision."""
         shared = activation if isinstance(activation, Activation) else Activation(activation)
         cel_activation = shared.for_names(self.uses)
+        answered, failed = self._record
+        if self._transpiled is not None and failed <= 2 * answered + 2:
+            fast = _run_transpiled(self._transpiled, shared.transpiler_activation(self._transpiled, cel_activation))
+            if fast is not None:
+                self._record[0] += 1
+                return fast
+            self._record[1] += 1
+        return self.interpret(cel_activation)
+
+    def interpret(self, cel_activation: Mapping[str, Any]) -> Any:
+        """The interpreter's answer (the reference the transpiled code is checked against)."""
         try:
             result = self._runner.evaluate(cel_activation)
         except CELEvalError as err:
@@ -68,6 +90,19 @@ class Activation:
     def __init__(self, values: Mapping[str, Any]) -> None:
         self._values = values
         self._converted: dict[str, Any] = {}
+        self._transpiler: Any = None  # celpy's activation for transpiled rules, shared by the decision's rules
+        self._loaded: set[str] = set()
+
+    def transpiler_activation(self, transpiled: Any, cel_values: Mapping[str, Any]) -> Any:
+        """One celpy activation for every transpiled rule of the decision (rules compiled alike
+        share their base), cloned once and loaded with each variable once."""
+        if self._transpiler is None:
+            self._transpiler = transpiled.base_activation.clone()
+        new = {k: v for k, v in cel_values.items() if k not in self._loaded}
+        if new:
+            self._transpiler.identifiers.load_values(new)
+            self._loaded.update(new)
+        return self._transpiler
 
     def for_names(self, names: frozenset[str]) -> dict[str, Any]:
         """The CEL values of ``names``; raises ``CelEvaluationError`` for one CEL cannot hold.
@@ -104,6 +139,51 @@ def _beyond_int64(value: Any, where: str) -> str | None:
 
 
 _environment_lock = threading.Lock()
+_per_thread = threading.local()
+
+
+def _checked_result(activation: Any, expression: Any) -> Any:
+    """celpy's ``result`` for transpiled code, with member access on null (``AttributeError``)
+    checked as well, so ``has(pod.metadata)`` on no Pod is false there as in the interpreter."""
+    try:
+        return celpy.evaluation.result(activation, expression)
+    except AttributeError as err:
+        return CELEvalError("no such member", AttributeError, err.args)
+
+
+def _transpiled_scope() -> dict[str, Any]:
+    """Globals for transpiled code: celpy's, with the checked ``result``; one set per thread."""
+    scope = dict(celpy.evaluation.result.__globals__)
+    evaluation = types.SimpleNamespace(**{**vars(celpy.evaluation), "result": _checked_result})
+    scope["celpy"] = types.SimpleNamespace(**{**vars(celpy), "evaluation": evaluation})
+    return scope
+
+
+def _run_transpiled(transpiled: Any, activation: Any) -> Any:
+    """The transpiled rule's value, or None where it failed (the interpreter decides then)."""
+    scope = getattr(_per_thread, "scope", None)
+    if scope is None:
+        scope = _per_thread.scope = _transpiled_scope()
+    scope["base_activation"] = activation
+    try:
+        exec(transpiled.executable_code, scope)  # the transpiler's own code object, as celpy runs it
+    except Exception:
+        return None
+    value = scope.get("CEL")
+    return None if value is None or isinstance(value, CELEvalError) else value
+
+
+def _ensure_transpiling_parser() -> None:
+    """celpy builds one parser per process, with the tree class of whoever asked first; the
+    transpiler needs its own tree class (the interpreter reads those trees too)."""
+    from celpy.celparser import CELParser
+    from celpy.evaluation import TranspilerTree
+
+    parser = CELParser.CEL_PARSER
+    if parser is not None and parser.options.tree_class is not TranspilerTree:
+        CELParser.CEL_PARSER = None
+    if CELParser.CEL_PARSER is None:
+        CELParser(tree_class=TranspilerTree)
 
 
 def compile_rule(expression: str, *, variables: frozenset[str]) -> Program:
@@ -113,6 +193,7 @@ def compile_rule(expression: str, *, variables: frozenset[str]) -> Program:
     if len(expression) > MAX_LENGTH:
         raise CelError(f"expression is {len(expression)} characters long, the limit is {MAX_LENGTH}")
     with _environment_lock:  # celpy's parser is shared state
+        _ensure_transpiling_parser()
         env = celpy.Environment(runner_class=celpy.InterpretedRunner)
         try:
             ast = env.compile(expression)
@@ -129,7 +210,13 @@ def compile_rule(expression: str, *, variables: frozenset[str]) -> Program:
         if unknown:
             raise CelError(f"unknown variable(s) {', '.join(unknown)}; rules may use {', '.join(sorted(variables))}")
         runner = env.program(ast)
-    return Program(expression=expression, nodes=nodes, _runner=runner, uses=frozenset(used & variables))
+        try:
+            transpiled = cast(Any, celpy.Environment(runner_class=celpy.CompiledRunner).program(ast)).tp
+        except Exception:  # an expression the transpiler cannot handle runs interpreted
+            transpiled = None
+    return Program(
+        expression=expression, nodes=nodes, _runner=runner, uses=frozenset(used & variables), _transpiled=transpiled
+    )
 
 
 def _macro_depth(tree: Tree[Any]) -> int:
