@@ -356,10 +356,9 @@ class Admission:
             )
         if self.quota is None:
             return _allow("validate", request, "no-policy")
-        result = self.quota.check_static(
+        result = self.quota.check_template(
             namespace=_namespace(request, template),
-            claim_specs=[claim_spec],
-            scope="template",
+            claim_spec=claim_spec,
             rule_input=_rule_base(request, claim={"metadata": template.get("metadata") or {}, "spec": claim_spec}),
         )
         return self._quota_decision(request, result, allowed_reason="within-quota")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from webhook.cluster import ClusterPort, EventType
 from webhook.labels import POLICY_KEY
 from webhook.quota.charge import ZERO, Charge, Pricer, basis, charge
-from webhook.quota.check import Scope, check, describe_tenant, violations
+from webhook.quota.check import check, describe_tenant, violations
 from webhook.quota.coordination import LeaseCoordinator
 from webhook.quota.devices import DeviceShape, models_of
 from webhook.quota.figure import QuotaFigure
@@ -279,25 +279,24 @@ class QuotaEnforcer:
             release = functools.partial(self.ledger.release, namespace, token) if token is not None else None
         return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version, release)
 
-    def check_static(
-        self, *, namespace: str, claim_specs: list[Mapping[str, Any]], scope: Scope, rule_input: dict[str, Any]
+    def check_template(
+        self, *, namespace: str, claim_spec: Mapping[str, Any], rule_input: dict[str, Any]
     ) -> QuotaResult:
-        """A template (static checks) or a Pod (the claims its templates will produce): never reserved."""
+        """A ResourceClaimTemplate: static checks only (classes, profiles, per-claim maxima, rules);
+        its claims are charged when they are created. Never reserved."""
         tenant = self.tenant_of(namespace)
         version = self.policies.current.version
-        if tenant is None or not claim_specs:
+        if tenant is None:
             return QuotaResult(tenant, (), (), version)
         self.refresh()
-        per_claim = tuple(charge(basis(spec), pricer=self.ledger.pricer) for spec in claim_specs)
-        total = sum(per_claim, ZERO)
-        usage = self.ledger.usage(self.namespaces_of(tenant, namespace)) if scope == "pod" else ZERO
+        requested = charge(basis(claim_spec), pricer=self.ledger.pricer)
         figures = check(
-            total,
+            requested,
             tenant=tenant,
-            usage=usage,
-            scope=scope,
-            per_claim=per_claim,
-            rule_input=self._rule_input(rule_input, tenant, usage, total) if tenant.rules else None,
+            usage=ZERO,
+            scope="template",
+            per_claim=(requested,),
+            rule_input=self._rule_input(rule_input, tenant, ZERO, requested) if tenant.rules else None,
         )
         return QuotaResult(tenant, tuple(figures), tuple(violations(figures)), version)
 
