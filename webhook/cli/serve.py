@@ -36,6 +36,12 @@ def add_parser(commands: Any) -> None:
         type=Path,
         help="folder with catalogue*.yaml and quota*.yaml (default: ./policies when it exists, else the shipped one)",
     )
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        help="with --dev: a folder of ResourceSlice and DeviceClass YAML files for quota's device inventory "
+        "(default: the catalogue's known models only)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         ("cert_dir", "cert_dir"),
         ("client_ca", "client_ca_file"),
         ("policies", "policies_dir"),
+        ("inventory", "inventory_dir"),
     ):
         value = getattr(args, flag)
         if value is not None:

@@ -80,7 +80,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
 
             cluster = KubeCluster.from_environment(namespace=settings.namespace)
         else:
-            cluster = dev_cluster(settings.policies_dir)
+            cluster = dev_cluster(settings.policies_dir, settings.inventory_dir)
     metrics = Metrics()
     quota = QuotaEnforcer(
         cluster=cluster,
@@ -163,12 +163,22 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
     )
 
 
-def dev_cluster(policies_dir: Path) -> InMemoryCluster:
+def dev_cluster(policies_dir: Path, inventory_dir: Path | None = None) -> InMemoryCluster:
     """The embedded default's cluster: in memory, seeded with the example policy ConfigMaps and the
-    unified DeviceClasses; its device inventory is the catalogue's known models (no node publishes)."""
+    unified DeviceClasses; its device inventory is the catalogue's known models, plus the
+    ResourceSlices and DeviceClasses of ``inventory_dir`` (to try quota against a cluster's devices)."""
     cluster = InMemoryCluster()
     for device_class in render_device_classes(load_catalogue(catalogue_files(policies_dir))):
         cluster.add_device_class(device_class)
+    for path in sorted(inventory_dir.glob("*.yaml")) if inventory_dir is not None else ():
+        for n, document in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
+            kind = document.get("kind") if isinstance(document, dict) else None
+            if kind == "ResourceSlice":
+                cluster.put_resource_slice(document)
+            elif kind == "DeviceClass":
+                cluster.add_device_class(document)
+            elif document is not None:
+                raise ValueError(f"{path}: document {n}: kind {kind!r} is neither a ResourceSlice nor a DeviceClass")
     for path in policy_files(policies_dir):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if isinstance(document, dict) and document.get("kind") == "ConfigMap":

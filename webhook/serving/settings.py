@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # 0 leaves the interpreter's collector as it is.
     gc_settle_interval_seconds: float = Field(default=600.0, ge=0)
     dev: bool = False
+    # With dev: ResourceSlice and DeviceClass YAML files (a folder) for the in-memory cluster's inventory.
+    inventory_dir: Path | None = None
     log_level: str = "info"
     workers_threads: int = Field(default=16, ge=1, description="threads for decisions that touch the cluster")
     # A memory bound: past this many open connections or requests in flight, new requests get 503.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import POLICIES
@@ -57,3 +58,39 @@ def test_a_catalogue_edit_reprices_the_claims_already_counted(tmp_path: Path) ->
     # A class nobody created is charged at the worst GPU known: now the new driver's model.
     assert before != 300 * 2**30
     assert quota.usage(("team-a",)).memory == 300 * 2**30
+
+
+def test_the_dev_server_takes_resource_slices_and_device_classes_from_a_folder(tmp_path: Path) -> None:
+    from webhook.serving.server import dev_cluster
+
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    gpu = {"attributes": {"type": {"string": "gpu"}}, "capacity": {"memory": {"value": "141Gi"}}}
+    (inventory / "slices.yaml").write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "resource.k8s.io/v1",
+                    "kind": "ResourceSlice",
+                    "metadata": {"name": "node-1-gpu"},
+                    "spec": {"driver": "gpu.nvidia.com", "nodeName": "node-1", "pool": {"name": "node-1", "resourceSliceCount": 1, "generation": 1}, "devices": [{"name": "gpu-0", **gpu}]},
+                },
+            ]
+        )
+    )
+    cluster = dev_cluster(POLICIES, inventory)
+    runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES, audit_file=str(tmp_path / "a.log")), cluster=cluster)
+    cluster.start()
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "c1", "namespace": "team-a"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io"}}]}},
+    }
+    cluster.add_claim(claim)
+    quota = runtime.admission.quota
+    assert quota is not None
+    assert quota.usage(("team-a",)).memory == 141 * 2**30  # the published H200, not the catalogue's 80Gi model
+    (inventory / "bad.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: document 0: kind 'ConfigMap' is neither a ResourceSlice nor a DeviceClass"):
+        dev_cluster(POLICIES, inventory)
