@@ -171,7 +171,11 @@ def dev_cluster(policies_dir: Path, inventory_dir: Path | None = None) -> InMemo
     for device_class in render_device_classes(load_catalogue(catalogue_files(policies_dir))):
         cluster.add_device_class(device_class)
     for path in sorted(inventory_dir.glob("*.yaml")) if inventory_dir is not None else ():
-        for n, document in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        for listing in [d for d in documents if isinstance(d, dict) and d.get("kind") == "List"]:
+            documents.remove(listing)
+            documents.extend(listing.get("items") or [])  # what `kubectl get -o yaml` writes
+        for n, document in enumerate(documents):
             kind = document.get("kind") if isinstance(document, dict) else None
             if kind == "ResourceSlice":
                 cluster.put_resource_slice(document)

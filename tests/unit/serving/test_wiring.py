@@ -67,15 +67,19 @@ def test_the_dev_server_takes_resource_slices_and_device_classes_from_a_folder(t
     inventory.mkdir()
     gpu = {"attributes": {"type": {"string": "gpu"}}, "capacity": {"memory": {"value": "141Gi"}}}
     (inventory / "slices.yaml").write_text(
-        yaml.safe_dump_all(
-            [
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "List",  # as kubectl get -o yaml writes it
+                "items": [
                 {
                     "apiVersion": "resource.k8s.io/v1",
                     "kind": "ResourceSlice",
                     "metadata": {"name": "node-1-gpu"},
                     "spec": {"driver": "gpu.nvidia.com", "nodeName": "node-1", "pool": {"name": "node-1", "resourceSliceCount": 1, "generation": 1}, "devices": [{"name": "gpu-0", **gpu}]},
                 },
-            ]
+                ],
+            }
         )
     )
     cluster = dev_cluster(POLICIES, inventory)
