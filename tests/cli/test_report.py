@@ -115,6 +115,20 @@ def test_cannot_convert_native_and_opted_out_are_explained(folder: Path) -> None
     assert data["nativeDeviceClasses"] == {"amd.com/gpu": "gpu.amd.com"}
 
 
+def test_which_names_have_a_native_path_and_what_declaring_one_would_gain(folder: Path) -> None:
+    data = report_json(folder)
+    paths = data["nativePaths"]
+    assert paths["amd.com/gpu"] == "native"  # a DeviceClass serves it already
+    assert paths["nvidia.com/gpu"] == "possible" and paths["google.com/tpu"] == "possible"
+    assert paths["nvidia.com/gpumem"] == "convert" and paths["nvidia.com/mig-1g.5gb"] == "convert"
+    assert paths["gpu-fraction"] == "convert"  # an annotation: no extended resource at all
+    whole_only = [
+        r["name"] for r in data["workloads"]
+        if r["status"] == "convertible" and all(paths[n] == "possible" for n in r["legacy"])
+    ]  # fmt: skip
+    assert data["wholeDevicesOnly"] == len(whole_only) > 0
+
+
 def test_table(folder: Path) -> None:
     result = run("report", "-f", str(folder), "--policies", str(POLICIES))
     assert result.returncode == 0, result.stderr

@@ -66,6 +66,8 @@ class Report:
     tenants: tuple[TenantTotal, ...]
     by_legacy_name: dict[str, int]  # legacy name -> workloads using it
     native_classes: dict[str, str]  # legacy name -> DeviceClass that serves it natively
+    native_paths: dict[str, str] = field(default_factory=dict)  # legacy name -> native, possible, convert
+    whole_only: int = 0  # workloads that ask for whole devices only: KEP-5004 could serve them natively
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class Report:
             "tenants": [asdict(t) for t in self.tenants],
             "byLegacyName": self.by_legacy_name,
             "nativeDeviceClasses": self.native_classes,
+            "nativePaths": self.native_paths,
+            "wholeDevicesOnly": self.whole_only,
         }
 
 
@@ -113,12 +117,37 @@ def build_report(
         total[2] += row.memory
         for legacy_name in row.legacy:
             by_name[legacy_name] = by_name.get(legacy_name, 0) + 1
+    paths = {name: native_path(name, index=index, native=native) for name in sorted(by_name)}
+    whole_only = sum(
+        1 for r in rows if r.status == "convertible" and r.legacy and all(paths.get(n) == POSSIBLE for n in r.legacy)
+    )
     return Report(
         rows=tuple(rows),
         tenants=tuple(TenantTotal(t, *v) for t, v in sorted(totals.items())),
         by_legacy_name=dict(sorted(by_name.items())),
         native_classes=dict(sorted(native.items())),
+        native_paths=paths,
+        whole_only=whole_only,
     )
+
+
+NATIVE = "native"
+POSSIBLE = "possible"
+CONVERT = "convert"
+# KEP-5004 (a DeviceClass's extendedResourceName serves a legacy name natively, whole devices only):
+KEP_5004 = "alpha in 1.34 and 1.35 (feature gate DRAExtendedResource), beta and on by default in 1.36, GA in 1.37"
+
+
+def native_path(name: str, *, index: CatalogueIndex, native: Mapping[str, str]) -> str:
+    """``native`` when a DeviceClass serves the name natively; ``possible`` for a whole-device
+    count (a DeviceClass with ``extendedResourceName`` would); ``convert`` for everything a count of
+    whole devices cannot express (memory, compute, partitions, shares, annotations)."""
+    if name in native:
+        return NATIVE
+    match = index.resource(name)
+    if match is not None and match.entry.meaning == "devices":
+        return POSSIBLE
+    return CONVERT
 
 
 def _row(
@@ -261,6 +290,19 @@ def render_table(report: Report) -> str:
         lines.extend(f"  {k}: {v}" for k, v in report.native_classes.items())
     else:
         lines.append("No DeviceClass serves a legacy name natively (extendedResourceName).")
+    possible = [k for k, v in report.native_paths.items() if v == POSSIBLE]
+    needed = [k for k, v in report.native_paths.items() if v == CONVERT]
+    if possible:
+        lines.append(
+            f"Whole-device names a DeviceClass could serve natively with extendedResourceName ({KEP_5004}): "
+            f"{', '.join(possible)}; {report.whole_only} workload(s) ask for whole devices only and would then "
+            "need no conversion."
+        )
+    if needed:
+        lines.append(
+            f"No native path (fractional: memory, compute, partitions, shares): {', '.join(needed)}; "
+            "these need dra-bridge's conversion on every release."
+        )
     return "\n".join(lines) + "\n"
 
 
