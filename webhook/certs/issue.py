@@ -277,69 +277,19 @@ def create_serving_cert(
     issuer's expiry would fail verification from that moment anyway, and
     :func:`webhook.certs.rotate.needs_renewal` should see its real usable lifetime.
     """
-    now = resolve_now(now)
     if isinstance(dns_names, str):
         # A bare string is a Sequence[str] of characters; catch that mistake.
         raise TypeError("dns_names must be a sequence of names, not a single string")
     if not dns_names:
         raise ValueError("dns_names must contain at least one name")
-    if valid_for <= timedelta(0):
-        raise ValueError(f"valid_for must be positive, got {valid_for}")
     ips = _parse_ips(ip_addresses)
-    ca_key = _signing_key(ca)
-    ca_cert = ca.certificate
-    if not _is_ca(ca_cert):
-        raise CertificateError(f"issuer {ca_cert.subject.rfc4514_string()!r} is not a CA certificate")
-    if now >= ca_cert.not_valid_after_utc:
-        raise CertificateError(f"CA {ca_cert.subject.rfc4514_string()!r} expired at {ca_cert.not_valid_after_utc}")
-
-    key = ec.generate_private_key(ec.SECP256R1())
     cn = dns_names[0]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if len(cn) <= _MAX_CN_LENGTH else [])
-    try:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        )
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans.extend(x509.IPAddress(ip) for ip in ips)
-    not_after = min(now + valid_for, ca_cert.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        # Critical when the subject is empty, as RFC 5280 4.2.1.6 requires.
-        .add_extension(x509.SubjectAlternativeName(sans), critical=not subject)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(aki, critical=False)
-        .sign(ca_key, _hash_for(ca_key))
-    )
-    return KeyPair(cert_pem=cert_to_pem(cert), key_pem=_key_pem(key))
-
-
-# --------------------------------------------------------------------------
-# Names
+    # Critical when the subject is empty, as RFC 5280 4.2.1.6 requires.
+    san = (x509.SubjectAlternativeName(sans), not subject)
+    return _issue_leaf(ca, subject, ExtendedKeyUsageOID.SERVER_AUTH, [san], valid_for=valid_for, now=now)
 
 
 def create_client_cert(
@@ -355,9 +305,24 @@ def create_client_cert(
     webhook (deploy/apiserver/webhook-kubeconfig.yaml), signed by the CA the server is given as
     ``--client-ca``. Like a serving certificate, it never outlives its CA.
     """
-    now = resolve_now(now)
     if not common_name or len(common_name) > _MAX_CN_LENGTH:
         raise ValueError(f"common_name must have 1 to {_MAX_CN_LENGTH} characters, got {common_name!r}")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return _issue_leaf(ca, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [], valid_for=valid_for, now=now)
+
+
+def _issue_leaf(
+    ca: KeyPair,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]],
+    *,
+    valid_for: timedelta,
+    now: datetime | None,
+) -> KeyPair:
+    """A leaf certificate signed by ``ca``: a new P-256 key, ``usage`` as its extended key usage,
+    never valid past the CA; ``extensions`` are (extension, critical) pairs added to it."""
+    now = resolve_now(now)
     if valid_for <= timedelta(0):
         raise ValueError(f"valid_for must be positive, got {valid_for}")
     ca_key = _signing_key(ca)
@@ -367,9 +332,15 @@ def create_client_cert(
     if now >= ca_cert.not_valid_after_utc:
         raise CertificateError(f"CA {ca_cert.subject.rfc4514_string()!r} expired at {ca_cert.not_valid_after_utc}")
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    try:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -390,15 +361,17 @@ def create_client_cert(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, _hash_for(ca_key))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    cert = builder.add_extension(aki, critical=False).sign(ca_key, _hash_for(ca_key))
     return KeyPair(cert_pem=cert_to_pem(cert), key_pem=_key_pem(key))
+
+
+# --------------------------------------------------------------------------
+# Names
 
 
 def service_dns_names(service: str, namespace: str) -> list[str]:
