@@ -1,6 +1,7 @@
 """``dra-bridge report``: the migration report, from manifests or from a live cluster.
 
-From files: ``dra-bridge report -f manifests/ [--policies DIR] [--deviceclasses FILE]``. From the
+From files: ``dra-bridge report -f manifests/ [--policies DIR] [--deviceclasses FILE]`` (files that
+hold Nodes, as ``kubectl get -o yaml`` writes a cluster's objects, get the fleet section too). From the
 cluster: ``dra-bridge report --cluster`` (kubeconfig or in-cluster), which reads workloads,
 namespace labels, policy ConfigMaps and DeviceClasses, and for the fleet section (GPU SKUs, device
 plugins and DRA drivers per node pool, allocated against allocatable, tenants, what a pool's switch
@@ -27,6 +28,7 @@ from webhook.quota.enforcement import PolicyStore
 from webhook.translate.catalogue import CatalogueError
 
 FORMATS = ("table", "json", "html")
+FLEET_KINDS = {"nodes": "Node", "slices": "ResourceSlice", "claims": "ResourceClaim"}
 
 
 def add_parser(commands: Any) -> None:
@@ -36,6 +38,9 @@ def add_parser(commands: Any) -> None:
         description="Reads manifests (-f) or a live cluster (--cluster) and reports every workload with legacy "
         "GPU requests: by namespace, tenant and legacy name, what it would become, what cannot be converted "
         "and why, GPUs and GPU memory per tenant, and DeviceClasses that serve legacy names natively. "
+        "With --cluster (or -f files holding Nodes, ResourceSlices, ResourceClaims and Pods, as kubectl get "
+        "-o yaml writes them), also the fleet: GPU SKUs, device plugins and DRA drivers per node pool, "
+        "allocated against allocatable, the tenants using GPUs and what each pool's switch to DRA would change. "
         "With -f, tenants come from the quota*.yaml files of --policies (default ./policies when it exists, else "
         "the shipped folder); with --cluster, from the policy ConfigMaps of --namespace.",
     )
@@ -51,7 +56,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--pool-label",
         metavar="LABEL",
-        help="with --cluster: the node label naming a node's pool (default: the first of "
+        help="the node label naming a node's pool (default: the first of "
         + ", ".join(POOL_LABELS)
         + " a node has, else -)",
     )
@@ -78,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(err))
     else:
         try:
-            objects = read_documents(args.filename)
+            objects = _items(read_documents(args.filename))
             native = _native_from_file(args.deviceclasses) if args.deviceclasses else {}
         except (OSError, yaml.YAMLError, ValueError) as err:
             return fail(str(err))
         labels = {}
+        if any(o.get("kind") == "Node" for o in objects):  # a cluster's objects written to files
+            fleet_objects = {key: [o for o in objects if o.get("kind") == kind] for key, kind in FLEET_KINDS.items()}
         from webhook.serving.server import policy_files
 
         for path in policy_files(policies_dir(args)):
@@ -127,6 +134,19 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"cannot write the report: {err}")
     print(f"wrote the {output} report to {args.out}", file=sys.stderr)
     return 0
+
+
+def _items(documents: list[Any]) -> list[dict[str, Any]]:
+    """The objects, with the items of List documents (``kubectl get -o yaml``) in their place."""
+    objects: list[dict[str, Any]] = []
+    for document in documents:
+        if not isinstance(document, dict):
+            continue
+        if str(document.get("kind") or "").endswith("List") and isinstance(document.get("items"), list):
+            objects.extend(i for i in document["items"] if isinstance(i, dict))
+        else:
+            objects.append(document)
+    return objects
 
 
 def _format_of(out: Path | None) -> str:
