@@ -175,7 +175,11 @@ def test_the_fleet_from_a_clusters_objects() -> None:
     data = json.loads(result.stdout)
     fleet = data["fleet"]
     pools = {p["name"]: p for p in fleet["pools"]}
-    assert {n: p["mode"] for n, p in pools.items()} == {"a100-pool": "device-plugin", "h100-pool": "dra", "cpu-pool": "none"}
+    assert {n: p["mode"] for n, p in pools.items()} == {
+        "a100-pool": "device-plugin",
+        "h100-pool": "dra",
+        "cpu-pool": "none",
+    }
     assert pools["a100-pool"]["workloads"] == ["Deployment/ml-research/llm-finetune", "Pod/data-science/notebook"]
     assert pools["a100-pool"]["legacyGpus"] == 9 and pools["a100-pool"]["devicePlugins"] == ["nvidia.com/gpu"]
     assert pools["h100-pool"]["drivers"] == ["gpu.nvidia.com"] and pools["h100-pool"]["claims"] == 3

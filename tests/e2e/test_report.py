@@ -117,7 +117,10 @@ def test_the_fleet_from_the_cluster(bridge: Any, kube: Kube, namespace: str) -> 
     assert (on_plugin["allocated"], on_plugin["allocatable"]) == (2, 4)
     # The DRA node publishes two whole A100 80GB and five MIG devices of an A100 40GB (helpers.nvidia_slice).
     whole = capacity[("dra", "NVIDIA A100-SXM4-80GB", "dra", "gpu.nvidia.com")]
-    assert whole["allocatable"] == 2 and capacity[("dra", "NVIDIA A100-SXM4-40GB", "dra", "gpu.nvidia.com")]["allocatable"] == 5
+    assert (
+        whole["allocatable"] == 2
+        and capacity[("dra", "NVIDIA A100-SXM4-40GB", "dra", "gpu.nvidia.com")]["allocatable"] == 5
+    )
     (result,) = [r for c in claims for r in c["status"]["allocation"]["devices"]["results"]]
     assert result["device"].startswith("gpu-") and whole["allocated"] >= 1  # the claim's whole GPU, at least
     # The converted Pod's tenant uses DRA devices; the other DRA nodes carry no pool label.

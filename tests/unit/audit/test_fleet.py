@@ -43,9 +43,7 @@ def claim(namespace: str, name: str, *results: tuple[str, str, str]) -> dict[str
         "metadata": {"namespace": namespace, "name": name},
         "status": {
             "allocation": {
-                "devices": {
-                    "results": [{"request": "gpu", "driver": d, "pool": p, "device": n} for d, p, n in results]
-                }
+                "devices": {"results": [{"request": "gpu", "driver": d, "pool": p, "device": n} for d, p, n in results]}
             }
         }
         if results
@@ -99,7 +97,9 @@ SLICES = [
     resource_slice("h-1", "gpu.nvidia.com", [device(f"gpu-{i}", "NVIDIA H100 80GB HBM3") for i in range(4)]),
     # a stale generation of h-1's pool: ignored
     resource_slice("h-1", "gpu.nvidia.com", [device("gpu-9", "NVIDIA H100 80GB HBM3")], generation=0),
-    resource_slice("lonely", "gpu.example.com", [device("gpu-0", "LATEST-GPU-MODEL", attribute="gpu.example.com/model")]),
+    resource_slice(
+        "lonely", "gpu.example.com", [device("gpu-0", "LATEST-GPU-MODEL", attribute="gpu.example.com/model")]
+    ),
     # a driver the catalogue does not know (not a GPU): ignored
     resource_slice("h-0", "nic.example.com", [device("eth-0", "x")]),
 ]
