@@ -164,3 +164,59 @@ def test_unreadable_input_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("a: [")
     result = run("report", "-f", str(tmp_path))
     assert result.returncode == 1 and "not valid YAML" in result.stderr and result.stdout == ""
+
+
+FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet"
+
+
+def test_the_fleet_from_a_clusters_objects() -> None:
+    result = run("report", "-f", str(FLEET), "--policies", str(POLICIES), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    fleet = data["fleet"]
+    pools = {p["name"]: p for p in fleet["pools"]}
+    assert {n: p["mode"] for n, p in pools.items()} == {
+        "a100-pool": "device-plugin",
+        "h100-pool": "dra",
+        "cpu-pool": "none",
+    }
+    assert pools["a100-pool"]["workloads"] == ["Deployment/ml-research/llm-finetune", "Pod/data-science/notebook"]
+    assert pools["a100-pool"]["legacyGpus"] == 9 and pools["a100-pool"]["devicePlugins"] == ["nvidia.com/gpu"]
+    assert pools["h100-pool"]["drivers"] == ["gpu.nvidia.com"] and pools["h100-pool"]["claims"] == 3
+    capacity = {(c["pool"], c["sku"], c["kind"]): (c["allocated"], c["allocatable"]) for c in fleet["capacity"]}
+    assert capacity == {
+        ("a100-pool", "NVIDIA-A100-SXM4-80GB", "device-plugin"): (9, 16),
+        ("h100-pool", "NVIDIA H100 80GB HBM3", "dra"): (5, 16),
+    }
+    tenants = {t["tenant"]: t for t in fleet["tenants"]}
+    assert tenants["research"] == {
+        "tenant": "research", "legacyWorkloads": 2, "legacyGpus": 9, "claims": 1, "draDevices": 1
+    }  # fmt: skip
+    assert tenants["namespace:serving"]["draDevices"] == 4
+    # The Pods a Deployment owns are its, not workloads of their own.
+    assert {(r["kind"], r["name"]) for r in data["workloads"]} == {("Deployment", "llm-finetune"), ("Pod", "notebook")}
+
+
+def test_the_fleet_in_the_table_and_the_page() -> None:
+    table = run("report", "-f", str(FLEET), "--policies", str(POLICIES))
+    assert table.returncode == 0, table.stderr
+    assert "Fleet (node pools):" in table.stdout
+    assert "  a100-pool: Deployment/ml-research/llm-finetune, Pod/data-science/notebook" in table.stdout
+    page = run("report", "-f", str(FLEET), "--policies", str(POLICIES), "-o", "html")
+    assert page.returncode == 0, page.stderr
+    parser = _Collector()
+    parser.feed(page.stdout)
+    assert parser.tags.count("svg") == 2 and parser.tags.count("table") == 6
+    assert page.stdout.count('class="used"') == 2 and "<script" not in page.stdout
+
+
+def test_a_pool_label_of_ones_own() -> None:
+    result = run("report", "-f", str(FLEET), "--pool-label", "kubernetes.io/hostname", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    fleet = json.loads(result.stdout)["fleet"]
+    assert fleet["poolLabels"] == ["kubernetes.io/hostname"]
+    assert [p["name"] for p in fleet["pools"]] == ["a100-0", "a100-1", "cpu-0", "h100-0", "h100-1"]
+
+
+def test_manifests_without_nodes_have_no_fleet(folder: Path) -> None:
+    assert "fleet" not in report_json(folder)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
+from webhook.audit.fleet import Fleet
 from webhook.errors import TranslationError
 from webhook.quota.charge import ZERO, Pricer, basis, charge
 from webhook.quota.devices import catalogue_snapshot
@@ -252,7 +253,7 @@ def _mem(value: int) -> str:
     return f"{value / 2**30:.1f}Gi"
 
 
-def render_table(report: Report) -> str:
+def render_table(report: Report, fleet: Fleet | None = None) -> str:
     columns = ("TENANT", "NAMESPACE", "WORKLOAD", "REPLICAS", "GPUS", "MEMORY", "STATUS", "LEGACY", "BECOMES")
     rows = [
         (
@@ -303,6 +304,9 @@ def render_table(report: Report) -> str:
             f"No native path (fractional: memory, compute, partitions, shares): {', '.join(needed)}; "
             "these need dra-bridge's conversion on every release."
         )
+    if fleet is not None:
+        lines.append("")
+        lines.extend(_fleet_table(fleet))
     return "\n".join(lines) + "\n"
 
 
@@ -313,8 +317,9 @@ def _aligned(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join(out)
 
 
-def render_html(report: Report, *, title: str = "dra-bridge migration report") -> str:
-    """One self-contained page: a bar chart of GPUs per tenant (inline SVG) and the tables."""
+def render_html(report: Report, *, fleet: Fleet | None = None, title: str = "dra-bridge migration report") -> str:
+    """One self-contained page: a bar chart of GPUs per tenant (inline SVG) and the tables; with a
+    fleet, a chart of allocated against allocatable per pool and SKU and its tables."""
     esc = html.escape
     peak = max([t.gpus for t in report.tenants] + [1])
     bar_height, width = 26, 640
@@ -346,7 +351,7 @@ table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
 th, td {{ border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }}
 th {{ background: #f6f8fa; }}
 tr.bad td {{ background: #ffebe9; }} tr.info td {{ background: #ddf4ff; }}
-.bar {{ fill: #2f81f7; }} .label, .value {{ font-size: 13px; fill: #1b1f24; }}
+.bar {{ fill: #2f81f7; }} .used {{ fill: #cf222e; }} .free {{ fill: #d0d7de; }} .label, .value {{ font-size: 13px; fill: #1b1f24; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <p>{len(report.rows)} workloads with legacy GPU requests; {sum(t.gpus for t in report.tenants)} GPUs in total.</p>
@@ -365,5 +370,123 @@ tr.bad td {{ background: #ffebe9; }} tr.info td {{ background: #ddf4ff; }}
 <table><thead><tr><th>Legacy name</th><th>DeviceClass</th></tr></thead><tbody>
 {native_rows or '<tr><td colspan="2">none</td></tr>'}
 </tbody></table>
-</body></html>
+{_fleet_html(fleet) if fleet is not None else ""}</body></html>
+"""
+
+
+# -- the fleet (report --cluster) -----------------------------------------------------------------
+
+
+def _fleet_table(fleet: Fleet) -> list[str]:
+    lines = ["Fleet (node pools):"]
+    lines.append(
+        _aligned(
+            ("POOL", "NODES", "MODE", "SKUS", "TENANTS", "LEGACY GPUS", "CLAIMS", "SWITCH TO DRA"),
+            [
+                (
+                    p.name,
+                    str(p.nodes),
+                    p.mode,
+                    ", ".join(p.skus) or "-",
+                    ", ".join(p.tenants) or "-",
+                    str(p.legacy_gpus),
+                    str(p.claims),
+                    p.switch,
+                )
+                for p in fleet.pools
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(
+        _aligned(
+            ("POOL", "SKU", "SERVED BY", "VIA", "NODES", "ALLOCATED", "ALLOCATABLE", "IN USE"),
+            [
+                (
+                    c.pool,
+                    c.sku,
+                    c.kind,
+                    c.via,
+                    str(c.nodes),
+                    str(c.allocated),
+                    str(c.allocatable),
+                    _percent(c.allocated, c.allocatable),
+                )
+                for c in fleet.capacity
+            ],
+        )
+    )
+    moving = [p for p in fleet.pools if p.workloads]
+    if moving:
+        lines.append("")
+        lines.append("Workloads a pool's switch to DRA would convert:")
+        lines.extend(f"  {p.name}: {', '.join(p.workloads)}" for p in moving)
+    if fleet.tenants:
+        lines.append("")
+        lines.append(
+            _aligned(
+                ("TENANT", "LEGACY WORKLOADS", "LEGACY GPUS", "CLAIMS", "DRA DEVICES"),
+                [
+                    (t.tenant, str(t.legacy_workloads), str(t.legacy_gpus), str(t.claims), str(t.dra_devices))
+                    for t in fleet.tenants
+                ],
+            )
+        )
+    return lines
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{round(Fraction(100 * part, whole))}%" if whole else "-"
+
+
+def _fleet_html(fleet: Fleet) -> str:
+    """A section: allocated against allocatable per pool and SKU (inline SVG), then the tables."""
+    esc = html.escape
+    bar_height, width, left = 26, 420, 320
+    bars = []
+    for i, c in enumerate(fleet.capacity):
+        y = 10 + i * bar_height
+        used = int(width * c.allocated / c.allocatable) if c.allocatable else 0
+        label = f"{c.pool} · {c.sku} ({c.kind})"
+        bars.append(
+            f'<text x="0" y="{y + 17}" class="label">{esc(label)}</text>'
+            f'<rect x="{left}" y="{y + 4}" width="{width}" height="{bar_height - 8}" class="free">'
+            f"<title>{c.allocatable} allocatable</title></rect>"
+            f'<rect x="{left}" y="{y + 4}" width="{used}" height="{bar_height - 8}" class="used">'
+            f"<title>{c.allocated} allocated</title></rect>"
+            f'<text x="{left + width + 6}" y="{y + 17}" class="value">{c.allocated}/{c.allocatable} '
+            f"{esc(_percent(c.allocated, c.allocatable))}</text>"
+        )
+    chart_height = 20 + bar_height * max(len(fleet.capacity), 1)
+    pool_rows = "\n".join(
+        f"<tr><td>{esc(p.name)}</td><td>{p.nodes}</td><td>{esc(p.mode)}</td><td>{esc(', '.join(p.skus) or '-')}</td>"
+        f"<td>{esc(', '.join(p.device_plugins) or '-')}</td><td>{esc(', '.join(p.drivers) or '-')}</td>"
+        f"<td>{esc(', '.join(p.tenants) or '-')}</td><td>{p.legacy_gpus}</td><td>{p.claims}</td>"
+        f"<td>{esc(p.switch)}{''.join(f'<br>{esc(w)}' for w in p.workloads)}</td></tr>"
+        for p in fleet.pools
+    )
+    capacity_rows = "\n".join(
+        f"<tr><td>{esc(c.pool)}</td><td>{esc(c.sku)}</td><td>{esc(c.kind)}</td><td>{esc(c.via)}</td>"
+        f"<td>{c.nodes}</td><td>{c.allocated}</td><td>{c.allocatable}</td><td>{_percent(c.allocated, c.allocatable)}</td></tr>"
+        for c in fleet.capacity
+    )
+    tenant_rows = "\n".join(
+        f"<tr><td>{esc(t.tenant)}</td><td>{t.legacy_workloads}</td><td>{t.legacy_gpus}</td><td>{t.claims}</td>"
+        f"<td>{t.dra_devices}</td></tr>"
+        for t in fleet.tenants
+    )
+    return f"""<h2>Fleet: allocated against allocatable per pool and SKU</h2>
+<svg role="img" aria-label="GPUs allocated per pool and SKU" width="{left + width + 120}" height="{chart_height}">{"".join(bars)}</svg>
+<h2>Node pools</h2>
+<table><thead><tr><th>Pool</th><th>Nodes</th><th>Mode</th><th>SKUs</th><th>Device plugins</th><th>DRA drivers</th><th>Tenants</th><th>Legacy GPUs</th><th>Claims</th><th>Switch to DRA</th></tr></thead><tbody>
+{pool_rows or '<tr><td colspan="10">no nodes</td></tr>'}
+</tbody></table>
+<h2>Capacity per SKU</h2>
+<table><thead><tr><th>Pool</th><th>SKU</th><th>Served by</th><th>Via</th><th>Nodes</th><th>Allocated</th><th>Allocatable</th><th>In use</th></tr></thead><tbody>
+{capacity_rows or '<tr><td colspan="8">no GPUs</td></tr>'}
+</tbody></table>
+<h2>Tenants using GPUs</h2>
+<table><thead><tr><th>Tenant</th><th>Legacy workloads</th><th>Legacy GPUs</th><th>Claims</th><th>DRA devices</th></tr></thead><tbody>
+{tenant_rows or '<tr><td colspan="5">none</td></tr>'}
+</tbody></table>
 """

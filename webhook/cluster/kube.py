@@ -101,8 +101,12 @@ NAMESPACE_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("", "configmaps"): frozenset({"list", "watch"}),
     ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
 }
-# ``dra-bridge report --cluster`` also lists the workloads (for whoever runs it, not the webhook).
+# ``dra-bridge report --cluster`` also lists the workloads, and for its fleet section the Nodes,
+# ResourceSlices and ResourceClaims in full (for whoever runs it, not the webhook).
 REPORT_ACCESS: dict[tuple[str, str], frozenset[str]] = {
+    ("", "nodes"): frozenset({"list"}),
+    ("resource.k8s.io", "resourceslices"): frozenset({"list"}),
+    ("resource.k8s.io", "resourceclaims"): frozenset({"list"}),
     ("", "pods"): frozenset({"list"}),
     ("", "replicationcontrollers"): frozenset({"list"}),
     ("apps", "deployments"): frozenset({"list"}),
@@ -391,6 +395,17 @@ class KubeCluster:
         the API returns them with ``apiVersion``/``kind`` set; streamed a page at a time."""
         for path in WORKLOAD_PATHS:
             yield from self.list_all(path)
+
+    # The fleet (``report --cluster``): whole objects, paged, where the caches keep slimmed ones.
+    def list_nodes(self) -> Iterator[dict[str, Any]]:
+        return self.list_all("/api/v1/nodes")
+
+    def list_resource_slices(self) -> Iterator[dict[str, Any]]:
+        return self.list_all(f"{RESOURCE_API}/resourceslices")
+
+    def list_claims(self) -> Iterator[dict[str, Any]]:
+        """ResourceClaims with their ``status.allocation`` (the cache drops status)."""
+        return self.list_all(f"{RESOURCE_API}/resourceclaims")
 
     def list_all(self, path: str) -> Iterator[dict[str, Any]]:
         """A paginated LIST (``page_size`` a page, continue tokens), item by item, off the request path."""

@@ -29,7 +29,7 @@ from webhook.cluster.informer import (
     vanished,
     without_managed_fields,
 )
-from webhook.cluster.kube import WORKLOAD_PATHS, KubeCluster
+from webhook.cluster.kube import RESOURCE_API, WORKLOAD_PATHS, KubeCluster
 from webhook.errors import ClusterError
 
 Event = tuple[str, dict[str, Any]]
@@ -779,8 +779,11 @@ def test_every_call_the_adapter_makes_is_in_its_declared_access() -> None:
     assert webhook_calls == declared  # nothing used that is not declared, nothing declared that is unused
 
     transport.calls.clear()
-    for path in WORKLOAD_PATHS:
+    for path in (*WORKLOAD_PATHS, "/api/v1/nodes", f"{RESOURCE_API}/resourceslices", f"{RESOURCE_API}/resourceclaims"):
         transport.collections.setdefault(path, [])
     list(cluster.list_workloads())
+    list(cluster.list_nodes())
+    list(cluster.list_resource_slices())
+    list(cluster.list_claims())
     report_calls = {rbac_view(m, p)[:3] for m, p, _, _ in transport.calls}
     assert report_calls == {(g, r, v) for (g, r), verbs in REPORT_ACCESS.items() for v in verbs}
