@@ -558,3 +558,11 @@ def test_the_audit_summary_shows_what_observe_mode_saw(index: CatalogueIndex, tm
     research = summary.tenants["research"]
     assert (research.observed_pods, research.observed_devices, research.observed_quota_denials) == (3, 6, 3)
     assert research.converted_devices == 0  # observed is not converted
+
+
+def test_a_device_class_asked_for_as_an_extended_resource_is_checked_at_pod_admission(index: CatalogueIndex) -> None:
+    """KEP-5004: every DeviceClass is requestable as deviceclass.resource.kubernetes.io/<class>."""
+    env = Env(index, PER_POD)
+    obj = pod(container(limits={"deviceclass.resource.kubernetes.io/whole.nvidia.dra-bridge.io": "3"}))
+    decision = env.admission.validate(request(obj, namespace="ml-research"))
+    assert decision.outcome == "denied" and "devices per Pod: requested 3" in decision.message

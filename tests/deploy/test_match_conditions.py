@@ -154,3 +154,11 @@ def test_expression_stays_cheap() -> None:
     assert EXPRESSION.count(".exists(") == 3
     assert ".all(" not in EXPRESSION and ".map(" not in EXPRESSION and ".filter(" not in EXPRESSION
     assert len(EXPRESSION) < 1024
+
+
+def test_the_validating_expression_selects_pods_asking_for_a_device_class_by_name() -> None:
+    env = celpy.Environment()
+    program = env.program(env.compile(VALIDATE_EXPRESSION))
+    asks = pod(container(limits={"deviceclass.resource.kubernetes.io/gpu.nvidia.com": "2"}))
+    assert matches(program, asks) is True
+    assert matches(program, pod(container(limits={"cpu": "2"}))) is False

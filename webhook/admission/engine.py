@@ -46,6 +46,7 @@ from webhook.translate.claims import native_claims, spec_hash
 from webhook.translate.rewrite import RewritePlan, opted_out, rewrite_pod
 
 MAX_WARNING = 120
+DEVICECLASS_RESOURCE_PREFIX = "deviceclass.resource.kubernetes.io/"
 
 
 @dataclass(frozen=True)
@@ -328,8 +329,15 @@ class Admission:
                     existing.append(claim_name)
                 else:
                     missing.append(f"ResourceClaim {claim_name}")
-        if native:
-            new_claims.extend(native_claims(pod, native))
+        # Every DeviceClass is also requestable as deviceclass.resource.kubernetes.io/<class> (KEP-5004).
+        implicit = {
+            name: name.removeprefix(DEVICECLASS_RESOURCE_PREFIX)
+            for c in (*(spec.get("initContainers") or ()), *(spec.get("containers") or ()))
+            for name in ((c.get("resources") or {}).get("limits") or {})
+            if str(name).startswith(DEVICECLASS_RESOURCE_PREFIX)
+        }
+        if native or implicit:
+            new_claims.extend(native_claims(pod, {**implicit, **native}))
         return new_claims, existing, missing
 
     def _validate_claim(self, request: AdmissionRequest) -> Decision:
