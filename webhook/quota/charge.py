@@ -46,6 +46,7 @@ HUNDRED = Fraction(100)
 KIND_PREFIX = "kind:"
 DRIVER_PREFIX = "driver:"
 GPU = "gpu"  # kind:gpu matches any GPU device, whatever its kind
+MAX_PRICES = 65536  # distinct alternatives remembered per inventory generation
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ class Pricer:
     def price(self, alt: Alternative) -> Price:
         found = self._prices.get(alt)
         if found is None:
+            if len(self._prices) >= MAX_PRICES:  # claims of ever new shapes must not grow it without end
+                self._prices.clear()
             found = self._prices[alt] = self._price(alt)
         return found
 
