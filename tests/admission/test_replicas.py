@@ -242,3 +242,22 @@ def test_a_claim_whose_group_its_replica_dropped_does_not_cancel_a_newer_admissi
     lease = cluster.get_lease(lease_name("research"))
     names = sorted(n for gs in decode(lease).values() for g in gs for n in g.names)
     assert names == ["r1", "r2", "r3"]
+
+
+def test_a_replica_that_wrote_last_writes_without_reading_first(index: CatalogueIndex) -> None:
+    """The copy of the Lease a replica wrote is what the next batch is judged against: one request
+    per batch while no other replica writes; a conflict when one did, then a fresh read."""
+    _, (a, b) = replicas(index, "lease")
+    for i in range(5):
+        assert a.validate(request(claim(f"a{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.quota is not None and a.quota.coordinator is not None
+    coordinator = a.quota.coordinator
+    assert (coordinator.reads, coordinator.writes, coordinator.conflicts) == (1, 5, 0)
+    assert b.validate(request(claim("b0"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.validate(request(claim("a5"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert (coordinator.reads, coordinator.writes, coordinator.conflicts) == (2, 6, 1)
+    # A denial needs no write, so a cached copy never decides it: it is judged again on a fresh read.
+    for i in range(3):
+        assert a.validate(request(claim(f"c{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.validate(request(claim("over"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
+    assert (coordinator.reads, coordinator.writes) == (3, 9)
