@@ -433,6 +433,32 @@ def gauge_usage(server: BridgeServer, tenant: str, dimension: str = DIMENSION) -
     return 0.0
 
 
+_LEASE_OPS = re.compile(r'^dra_bridge_quota_lease_operations_total\{operation="(\w+)"\} (\S+)$')
+
+
+def lease_operations(pair: ReplicaPair) -> dict[str, dict[str, float]]:
+    """Per live replica: batches, Lease reads, writes and conflicts since it started."""
+    out: dict[str, dict[str, float]] = {}
+    for name, server in pair.servers.items():
+        if server.proc is None:
+            continue
+        status, text = server.get("/metrics")
+        for line in text.splitlines() if status == 200 else ():
+            m = _LEASE_OPS.match(line)
+            if m:
+                out.setdefault(name, {})[m.group(1)] = float(m.group(2))
+    return out
+
+
+def operations_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, int]:
+    """Summed over the replicas alive at both ends (a killed replica's counters are gone)."""
+    out: dict[str, int] = {}
+    for name in set(before) & set(after):
+        for op, value in after[name].items():
+            out[op] = out.get(op, 0) + int(value - before[name].get(op, 0.0))
+    return dict(sorted(out.items()))
+
+
 def listed_charge(kube: Kube, namespaces: list[str]) -> tuple[int, int]:
     """(claims, whole devices they request) as the apiserver lists them."""
     claims = devices = 0
@@ -483,6 +509,10 @@ def kill_during(pair: ReplicaPair, name: str, kill: Kill) -> threading.Thread:
     def run() -> None:
         time.sleep(kill.at)
         assert server.proc is not None
+        # Kill while the replica has a request in flight (up to 2 s later), so that the loss is shown.
+        busy_until = time.monotonic() + 2.0
+        while pair.proxy.in_flight(server.port) == 0 and time.monotonic() < busy_until:
+            time.sleep(0.0005)
         kill.open_connections = pair.proxy.open_connections(server.port)
         kill.in_flight = pair.proxy.in_flight(server.port)
         server.proc.send_signal(signal.SIGKILL)
