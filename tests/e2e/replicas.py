@@ -433,6 +433,27 @@ def gauge_usage(server: BridgeServer, tenant: str, dimension: str = DIMENSION) -
     return 0.0
 
 
+_DECISION = re.compile(r"^dra_bridge_admission_duration_seconds_bucket\{(.*)\} (\S+)$")
+
+
+def decision_buckets(pair: ReplicaPair, webhook: str = "validate") -> dict[float, float]:
+    """The replicas' own cumulative histogram of the time to decide a review, summed."""
+    out: dict[float, float] = {}
+    for server in pair.servers.values():
+        if server.proc is None:
+            continue
+        status, text = server.get("/metrics")
+        for line in text.splitlines() if status == 200 else ():
+            m = _DECISION.match(line)
+            if not m or f'webhook="{webhook}"' not in m.group(1):
+                continue
+            le = re.search(r'le="([^"]+)"', m.group(1))
+            if le:
+                bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+                out[bound] = out.get(bound, 0.0) + float(m.group(2))
+    return out
+
+
 _LEASE_OPS = re.compile(r'^dra_bridge_quota_lease_operations_total\{operation="(\w+)"\} (\S+)$')
 
 
@@ -546,10 +567,11 @@ def load(
     from ``clients`` clients; the Lease sampled meanwhile, the apiserver's view of the webhook."""
     cp = pair.kube.cp
     bodies = [claim_body(f"{prefix}-{i:05d}") for i in range(claims)]
-    before = webhook_buckets(cp)
+    before, decided = webhook_buckets(cp), decision_buckets(pair)
     with LeaseSampler(cp, tenant) as sampler:
         outcomes = post_all(cp, claims_path(namespace), bodies, rate=rate, clients=clients)
     return {
+        "replicas_decision": webhook_view(decided, decision_buckets(pair)),
         **summarize(outcomes),
         "paced_rate": rate or "back to back",
         "clients": clients,
