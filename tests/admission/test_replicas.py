@@ -122,23 +122,40 @@ def test_persistent_conflicts_end_in_an_error_not_an_allow(index: CatalogueIndex
 
 
 def test_the_lease_holds_groups_not_records_and_stays_small(index: CatalogueIndex) -> None:
-    """500 admissions of one shape are one in-flight group per replica: the Lease does not grow."""
+    """500 admissions of one shape, each claim stored after its admission (as the apiserver does):
+    the Lease holds the claims in flight, not a record per admission, and does not grow."""
     cluster, admissions = replicas(index, "lease")
     big = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 100000}}}]}
     cluster.put_configmap(policy_configmap(big))
     sizes = []
     for i in range(500):
-        decision = admissions[i % 2].validate(request(claim(f"c{i}"), kind="ResourceClaim", namespace="ml-research"))
+        obj = claim(f"c{i:03d}")
+        decision = admissions[i % 2].validate(request(obj, kind="ResourceClaim", namespace="ml-research"))
         assert decision.outcome == "allowed"
+        cluster.add_claim(obj)
         if i in (9, 499):
             lease = cluster.get_lease(lease_name("research"))
             assert lease is not None
             sizes.append(len(lease["metadata"]["annotations"]["dra-bridge.io/in-flight"]))
     groups = decode(cluster.get_lease(lease_name("research")))
-    assert sorted(groups) == ["replica-a", "replica-b"]
-    assert [sum(g.count for g in gs) for _, gs in sorted(groups.items())] == [250, 250]
-    assert sizes[1] - sizes[0] <= 8  # digits of two counts, nothing per admission
+    assert sum(g.count for gs in groups.values() for g in gs) <= 2  # the last admission of each replica
+    assert sizes[1] - sizes[0] <= 8
     assert sizes[1] < 2048
+
+
+def test_names_of_claims_never_stored_are_bounded(index: CatalogueIndex) -> None:
+    """500 admissions whose claims never appear: all counted, at most MAX_NAMES names per replica."""
+    from webhook.quota.coordination import MAX_NAMES
+
+    cluster, admissions = replicas(index, "lease")
+    big = {"tenants": [{"name": "research", "namespaces": ["ml-research"], "limits": {"devices": {"whole.*": 100000}}}]}
+    cluster.put_configmap(policy_configmap(big))
+    for i in range(2 * MAX_NAMES + 100):
+        decision = admissions[0].validate(request(claim(f"c{i}"), kind="ResourceClaim", namespace="ml-research"))
+        assert decision.outcome == "allowed"
+    (group,) = decode(cluster.get_lease(lease_name("research")))["replica-a"]
+    assert group.count == 2 * MAX_NAMES + 100
+    assert len(group.names) == MAX_NAMES and group.names[-1] == f"c{2 * MAX_NAMES + 99}"
 
 
 def test_many_shapes_in_flight_stay_within_the_group_bound(index: CatalogueIndex) -> None:
@@ -203,3 +220,44 @@ def test_a_killed_replicas_in_flight_charges_expire(index: CatalogueIndex) -> No
     assert admissions[0].validate(request(claim("x"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
     now[0] += 31  # the TTL
     assert admissions[0].validate(request(claim("y"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+
+
+def test_a_claim_whose_group_its_replica_dropped_does_not_cancel_a_newer_admission(index: CatalogueIndex) -> None:
+    """Seen on the real control plane (tests/e2e/test_replicas.py): replica-b admits f; replica-a
+    admits r1; f is stored; replica-b, seeing f, drops f's group from the Lease. Matched by charge
+    alone, replica-a's sighting of f (after r1 was admitted) cancelled r1 instead, and one claim
+    more than the limit got in. Matched by name, it cannot."""
+    cluster, (a, b) = replicas(index, "lease")
+    seed(cluster, [a, b], 6)
+
+    def admit(admission: Admission, name: str) -> str:
+        return admission.validate(request(claim(name), kind="ResourceClaim", namespace="ml-research")).outcome
+
+    assert admit(b, "f") == "allowed"  # 7
+    assert admit(a, "r1") == "allowed"  # 8
+    cluster.add_claim(claim("f"))  # both replicas see f appear, after r1 was admitted
+    assert admit(b, "r2") == "allowed"  # 9: replica-b's write drops f's group
+    assert admit(a, "r3") == "allowed"  # 10
+    assert admit(a, "r4") == "denied"
+    lease = cluster.get_lease(lease_name("research"))
+    names = sorted(n for gs in decode(lease).values() for g in gs for n in g.names)
+    assert names == ["r1", "r2", "r3"]
+
+
+def test_a_replica_that_wrote_last_writes_without_reading_first(index: CatalogueIndex) -> None:
+    """The copy of the Lease a replica wrote is what the next batch is judged against: one request
+    per batch while no other replica writes; a conflict when one did, then a fresh read."""
+    _, (a, b) = replicas(index, "lease")
+    for i in range(5):
+        assert a.validate(request(claim(f"a{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.quota is not None and a.quota.coordinator is not None
+    coordinator = a.quota.coordinator
+    assert (coordinator.reads, coordinator.writes, coordinator.conflicts) == (1, 5, 0)
+    assert b.validate(request(claim("b0"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.validate(request(claim("a5"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert (coordinator.reads, coordinator.writes, coordinator.conflicts) == (2, 6, 1)
+    # A denial needs no write, so a cached copy never decides it: it is judged again on a fresh read.
+    for i in range(3):
+        assert a.validate(request(claim(f"c{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert a.validate(request(claim("over"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
+    assert (coordinator.reads, coordinator.writes) == (3, 9)

@@ -405,6 +405,33 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (SIGTERM, then SIGKILL): watches break, clients get refused."""
+        proc = self._procs.pop("kube-apiserver", None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=self.stop_timeout)
+
+    def start_apiserver(self, timeout: float = 60.0) -> float:
+        """Start kube-apiserver again on the same port and etcd; seconds until its /readyz is ok.
+        The previous log is kept as ``kube-apiserver.log.1``."""
+        started = time.monotonic()
+        log = self.log_path("kube-apiserver")
+        if log.exists():
+            log.replace(log.with_name(log.name + ".1"))
+        self._start_apiserver()
+        self._wait(
+            "kube-apiserver",
+            started + timeout,
+            lambda: self._https_ok(self.ports["kube-apiserver"], "/readyz", client=True),
+        )
+        return time.monotonic() - started
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:

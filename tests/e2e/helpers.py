@@ -336,15 +336,29 @@ def webhook_configurations(*, port: int, ca_pem: bytes) -> list[dict[str, Any]]:
 class BridgeServer:
     """``python -m webhook serve`` as a subprocess, against the test cluster's kubeconfig."""
 
-    def __init__(self, *, work_dir: Path, kubeconfig: Path, namespace: str = BRIDGE_NAMESPACE) -> None:
+    def __init__(
+        self,
+        *,
+        work_dir: Path,
+        kubeconfig: Path,
+        namespace: str = BRIDGE_NAMESPACE,
+        env: Mapping[str, str] | None = None,
+        tls_from: BridgeServer | None = None,
+    ) -> None:
+        """``env``: extra ``DRA_BRIDGE_*`` settings; ``tls_from``: serve that server's certificate (replicas
+        behind one address share one)."""
         self.work_dir = work_dir
-        self.cert_dir = work_dir / "tls"
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        self.env = dict(env or {})
         self.port = free_port()
         self.log = work_dir / "dra-bridge.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        if tls_from is not None:
+            self.cert_dir, self.ca_pem = tls_from.cert_dir, tls_from.ca_pem
+            return
+        self.cert_dir = work_dir / "tls"
         ca = create_ca(common_name="dra-bridge-e2e-ca")
         serving = create_serving_cert(ca=ca, dns_names=["localhost"], ip_addresses=[LOOPBACK])
         write_pair(self.cert_dir, ca=ca, serving=serving)
@@ -360,6 +374,7 @@ class BridgeServer:
             "KUBECONFIG": str(self.kubeconfig),
             "DRA_BRIDGE_NAMESPACE": self.namespace,
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         args = [sys.executable, "-m", "webhook", "serve", "--host", LOOPBACK, "--port", str(self.port)]
         args += ["--cert-dir", str(self.cert_dir)]
@@ -403,6 +418,13 @@ class BridgeServer:
                 self.proc.wait(10)
         self.proc = None
         return time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, connections reset, requests in flight lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
 
     def log_text(self) -> str:
         with contextlib.suppress(OSError):

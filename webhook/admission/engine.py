@@ -346,6 +346,7 @@ class Admission:
             return _allow("validate", request, "no-policy")
         result = self.quota.check_claim(
             namespace=_namespace(request, claim),
+            name=str((claim.get("metadata") or {}).get("name") or request.name or ""),
             claim_spec=claim.get("spec") or {},
             rule_input=_rule_base(request, claim=claim),
             dry_run=request.dry_run,

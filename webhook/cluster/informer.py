@@ -399,11 +399,13 @@ class Informer:
                 self.watch_once()
                 self.backoff.reset()
             except Expired as expired:
+                self._synced.clear()  # stale until the relist: readiness and quota decisions wait
                 log.info("%s: %s; relisting", self.name, expired)
                 self.resource_version = ""
             except Exception as err:
                 if self._stopping.is_set():
                     break
+                self._synced.clear()  # events may be missed until the watch resumes
                 delay = self.backoff.next()
                 log.warning("%s: %s; retrying in %.1fs", self.name, err, delay)
                 self._stopping.wait(delay)
@@ -479,6 +481,10 @@ class Informer:
         events = 0
         stream = self.transport.watch(self.path, query=query)
         self._stream = stream
+        if self.resource_version and not self._synced.is_set():
+            # Resumed from the last resourceVersion: the apiserver replays what was missed.
+            log.info("%s: watching again from resourceVersion %s", self.name, self.resource_version)
+            self._synced.set()
         try:
             if self._stopping.is_set():
                 return

@@ -5,14 +5,19 @@ through a conditional update of it; dra-bridge does the same with one coordinati
 its own namespace (``dra-bridge-quota-<hash of the tenant>``). Stored claims need no coordination:
 every replica sees them through its watch. What replicas must share is what they admitted that is
 not stored yet, so the Lease holds, per replica, its in-flight charges grouped by namespace and
-charge: a burst of 256 claims of one shape is one group of count 256, and the annotation's size
-follows the shapes in flight, never the admission rate or the number of claims (at most
-``MAX_GROUPS`` per replica; beyond that the oldest merge into one group that only expires).
+charge: a burst of 256 claims of one shape is one group of count 256 (at most ``MAX_GROUPS`` per
+replica; beyond that the oldest merge into one group that only expires). A group lists the names of
+its claims not seen stored yet, and a claim seen appearing accounts for an admission of the same
+namespace and name only: matched by charge alone, a claim whose group its own replica had already
+dropped (it saw the claim first) would cancel a newer admission of the same shape, and one more
+claim than fits would get in. The names are those of the claims in flight (admitted, not yet seen
+stored by the replica that admitted them): a few at a steady rate, at most ``MAX_NAMES`` per
+replica; an admission without a name (or past that bound) is matched by namespace and charge.
 
 Admissions of one tenant that arrive together on a replica are decided as one batch: one fresh read
 of the Lease, every admission of the batch judged in order against the same totals (stored claims
 from the watch cache, plus every replica's in-flight groups not yet accounted for by a claim seen
-appearing since, matched one to one by namespace and charge), and one conditional write. On a
+appearing since, matched by namespace and name), and one conditional write. On a
 conflict the batch is decided again against the new totals, with a short jittered back-off, until
 ``wait`` seconds (or the request's own deadline) pass; then every admission of the batch fails with
 an error the webhook's failurePolicy decides: never an unchecked allow, never an endless loop. In-flight
@@ -41,6 +46,7 @@ from webhook.quota.charge import ZERO, Charge
 from webhook.quota.usage import Observation, UsageLedger
 
 MAX_GROUPS = 64  # per replica in one Lease: a bound on its size whatever the variety of shapes in flight
+MAX_NAMES = 256  # per replica: beyond, the oldest admissions stay counted but unnamed (matched by charge)
 MERGED = ""  # the namespace of a merged group: it matches no claim and only expires
 
 
@@ -53,6 +59,7 @@ class Group:
     count: int
     created: float  # wall clock of the oldest
     expires: float  # wall clock of the newest one's expiry
+    names: tuple[str, ...] = ()  # claims of the group not seen stored yet (count - len(names) are unnamed)
 
     def total(self) -> Charge:
         return self.charge.times(self.count)
@@ -66,6 +73,7 @@ class _Admission:
     fits: Callable[[Charge], bool]
     reserve: bool
     deadline: float  # time.monotonic
+    name: str = ""
     outcome: tuple[bool, Charge] | None = None
     error: BaseException | None = None
 
@@ -106,9 +114,15 @@ class LeaseCoordinator:
         self._monotonic = monotonic
         self._queues: dict[str, _Queue] = {}
         self._queues_lock = threading.Lock()
+        # The Lease as this replica last wrote or read it, per tenant: a batch is judged against it
+        # and written conditionally on its resourceVersion, so a replica that wrote last pays one
+        # request per batch instead of a read and a write; a conflict means another replica wrote
+        # since, and the batch is judged again against a fresh read.
+        self._known: dict[str, dict[str, Any] | None] = {}
         self.conflicts = 0
         self.batches = 0
         self.writes = 0
+        self.reads = 0
 
     def admit(
         self,
@@ -119,12 +133,13 @@ class LeaseCoordinator:
         requested: Charge,
         fits: Callable[[Charge], bool],
         reserve: bool,
+        name: str = "",
     ) -> tuple[bool, Charge]:
         may_block(f"GET and PUT the quota Lease of tenant {tenant}")  # before queueing: inline runs leave here
         now = self._monotonic()
         limit = now + self._wait
         caller = deadline()
-        item = _Admission(namespace, tuple(namespaces), requested, fits, reserve, min(limit, caller or limit))
+        item = _Admission(namespace, tuple(namespaces), requested, fits, reserve, min(limit, caller or limit), name)
         queue = self._queue(tenant)
         with queue.cond:
             queue.waiting.append(item)
@@ -158,15 +173,24 @@ class LeaseCoordinator:
         try:
             while True:
                 attempts += 1
-                lease = self._cluster.get_lease(lease_name(tenant))
+                cached = attempts == 1 and self._known.get(tenant) is not None
+                if cached:
+                    lease = self._known[tenant]
+                else:
+                    lease = self._cluster.get_lease(lease_name(tenant))
+                    self.reads += 1
+                    self._known[tenant] = lease
                 outcomes, mine = self._judge(lease, batch)
-                if mine is None:  # nothing reserved: nothing to write
+                if mine is None:  # nothing reserved: nothing to write, so no write confirms the copy
+                    if cached:
+                        continue  # judged again against a fresh read
                     break
                 try:
-                    self._cluster.put_lease(self._lease(tenant, lease, mine))
+                    self._known[tenant] = self._cluster.put_lease(self._lease(tenant, lease, mine))
                     self.writes += 1
                     break
                 except Conflict:
+                    self._known.pop(tenant, None)
                     self.conflicts += 1
                     left = min(a.deadline for a in batch) - self._monotonic()
                     if left <= 0:
@@ -202,7 +226,8 @@ class LeaseCoordinator:
             outcomes.append((ok, judged))
             if ok and item.reserve:
                 usage = usage + item.requested
-                mine = _add(mine, Group(item.namespace, item.requested, 1, now, now + self._ttl))
+                names = (item.name,) if item.name else ()
+                mine = _add(mine, Group(item.namespace, item.requested, 1, now, now + self._ttl, names))
                 reserved = True
         if not reserved:
             return outcomes, None
@@ -230,18 +255,35 @@ def lease_name(tenant: str) -> str:
 
 
 def unaccounted(groups: dict[str, list[Group]], observed: list[Observation]) -> dict[str, list[Group]]:
-    """Each replica's in-flight groups less the claims seen appearing since they were admitted
-    (one claim accounts for one admission of the same namespace and charge, oldest groups first)."""
-    unmatched = list(observed)
-    order = sorted(((g.created, replica, i) for replica, gs in groups.items() for i, g in enumerate(gs)))
-    left: dict[str, list[Group]] = {replica: list(gs) for replica, gs in groups.items()}
+    """Each replica's in-flight groups less the claims seen appearing since they were admitted: a
+    named admission by the claim of its namespace and name (and charge); an unnamed one by any
+    claim of the same namespace and charge not matched otherwise, oldest groups first."""
+    by_name = {(o.namespace, o.name): o for o in observed if o.name}
+    used: set[tuple[str, str]] = set()
+    left: dict[str, list[Group]] = {}
+    for replica, gs in groups.items():
+        out = []
+        for group in gs:
+            names = []
+            for name in group.names:
+                seen = by_name.get((group.namespace, name))
+                if seen is not None and seen.charge == group.charge and seen.at >= group.created:
+                    used.add((group.namespace, name))
+                else:
+                    names.append(name)
+            gone = len(group.names) - len(names)
+            out.append(replace(group, names=tuple(names), count=group.count - gone) if gone else group)
+        left[replica] = out
+    unmatched = [o for o in observed if (o.namespace, o.name) not in used]
+    order = sorted(((g.created, replica, i) for replica, gs in left.items() for i, g in enumerate(gs)))
     for _, replica, i in order:
         group = left[replica][i]
-        if group.namespace == MERGED:
+        unnamed = group.count - len(group.names)
+        if group.namespace == MERGED or unnamed <= 0:
             continue
         matched = 0
         for seen in list(unmatched):
-            if matched == group.count:
+            if matched == unnamed:
                 break
             if seen.namespace == group.namespace and seen.charge == group.charge and seen.at >= group.created:
                 unmatched.remove(seen)
@@ -254,13 +296,27 @@ def unaccounted(groups: dict[str, list[Group]], observed: list[Observation]) -> 
 def _add(groups: list[Group], new: Group) -> list[Group]:
     for i, group in enumerate(groups):
         if group.namespace == new.namespace and group.charge == new.charge:
-            groups[i] = replace(group, count=group.count + 1, expires=max(group.expires, new.expires))
+            groups[i] = replace(
+                group,
+                count=group.count + new.count,
+                expires=max(group.expires, new.expires),
+                names=group.names + new.names,
+            )
             return groups
     return [*groups, new]
 
 
 def _bounded(groups: list[Group]) -> list[Group]:
-    """At most ``MAX_GROUPS``: the oldest merge into one that only expires (it is never matched)."""
+    """At most ``MAX_GROUPS``: the oldest merge into one that only expires (it is never matched);
+    at most ``MAX_NAMES`` names: the oldest groups' names go first (their counts stay)."""
+    excess = sum(len(g.names) for g in groups) - MAX_NAMES
+    if excess > 0:
+        trimmed = []
+        for group in sorted(groups, key=lambda g: g.created):
+            cut = min(excess, len(group.names))
+            excess -= cut
+            trimmed.append(replace(group, names=group.names[cut:]) if cut else group)
+        groups = trimmed
     if len(groups) <= MAX_GROUPS:
         return groups
     ordered = sorted(groups, key=lambda g: g.created)
@@ -286,6 +342,7 @@ def encode(groups: dict[str, list[Group]]) -> str:
                     "created": g.created,
                     "expires": g.expires,
                     "charge": _charge_to_json(g.charge),
+                    **({"names": list(g.names)} if g.names else {}),
                 }
                 for g in gs
             ]
@@ -311,6 +368,7 @@ def decode(lease: dict[str, Any] | None) -> dict[str, list[Group]]:
                     count=int(g["count"]),
                     created=float(g["created"]),
                     expires=float(g["expires"]),
+                    names=tuple(str(n) for n in g.get("names", ())),
                 )
                 for g in groups
             ]

@@ -240,7 +240,13 @@ class QuotaEnforcer:
 
     # -- checks ------------------------------------------------------------------------------
     def check_claim(
-        self, *, namespace: str, claim_spec: Mapping[str, Any], rule_input: dict[str, Any], dry_run: bool
+        self,
+        *,
+        namespace: str,
+        claim_spec: Mapping[str, Any],
+        rule_input: dict[str, Any],
+        dry_run: bool,
+        name: str = "",
     ) -> QuotaResult:
         """A ResourceClaim being created: charged against the tenant's totals, reserved if it fits."""
         tenant = self.tenant_of(namespace)
@@ -270,6 +276,7 @@ class QuotaEnforcer:
                 requested=requested,
                 fits=fits,
                 reserve=not dry_run,
+                name=name,
             )
             release = None  # the Lease's reservation expires after its TTL
         else:

@@ -40,6 +40,7 @@ class Observation:
     namespace: str
     charge: Charge
     at: float  # wall clock, comparable across replicas
+    name: str = ""  # matches the in-flight admission of the same name exactly
 
 
 @dataclass
@@ -88,7 +89,7 @@ class UsageLedger:
             if old is None:
                 self._confirm(namespace, new)
                 if self.track_observations:
-                    seen = Observation(namespace, new, self.wall_clock())
+                    seen = Observation(namespace, new, self.wall_clock(), name)
                     self._observations.setdefault(namespace, deque()).append(seen)
                     self._observed.append(seen)
                     self._trim()

@@ -176,6 +176,12 @@ class Metrics:
             "A tenant's limit per dimension, in the units of dra_bridge_quota_usage.",
             ("tenant", "dimension"),
         )
+        self.quota_lease = Gauge(
+            "dra_bridge_quota_lease_operations_total",
+            "Quota coordination through the tenants' Leases since start: batches decided, Lease reads, "
+            "writes, and writes that lost to another replica (conflicts).",
+            ("operation",),
+        )
         self.cert_not_after = Gauge(
             "dra_bridge_certificate_not_after_timestamp_seconds",
             "Expiry of the serving certificate being served, in seconds since the epoch.",

@@ -417,6 +417,29 @@ def test_run_lists_watches_reconnects_relists_on_gone_and_backs_off_on_errors() 
     assert ("DELETED", "b") in names(seen)  # b is not in the relist: it vanished while the watch was gone
 
 
+def test_a_broken_watch_makes_the_cache_unsynced_until_it_resumes_or_relists() -> None:
+    """While a watch is down (the apiserver restarting) events may be missed: the informer says so,
+    and readiness and decisions wait, until the watch resumes from its resourceVersion or, on 410
+    Gone, until the relist is done."""
+    transport = FakeTransport()
+    transport.collections[PATH] = [obj("a", "1")]
+    transport.list_rv[PATH] = "10"
+    resumed = FakeStream([], block=True)
+    transport.watches[PATH] = [APIError(0, "Unreachable", "connection refused"), resumed]
+    inf = Informer(name="things", path=PATH, transport=transport, backoff=Backoff(initial=0.3, maximum=0.3, jitter=0))
+    inf.start()
+    try:
+        wait_until(lambda: len(transport.watch_queries) >= 1)
+        wait_until(lambda: not inf.synced)  # the error: backing off, not synced
+        assert not resumed.waiting.is_set()
+        wait_until(resumed.waiting.is_set)  # watching again from 10: synced
+        assert inf.synced
+        assert transport.watch_queries[-1]["resourceVersion"] == "10"
+    finally:
+        inf.stop()
+        inf.join(2)
+
+
 def test_run_retries_a_failing_list_with_backoff() -> None:
     transport = FakeTransport()
     transport.collections[PATH] = [obj("a")]
