@@ -343,6 +343,7 @@ class BridgeServer:
         self.namespace = namespace
         self.port = free_port()
         self.log = work_dir / "dra-bridge.log"
+        self.audit_log = work_dir / "audit.log"  # never the deployed default under /var/log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         ca = create_ca(common_name="dra-bridge-e2e-ca")
@@ -359,6 +360,7 @@ class BridgeServer:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "DRA_BRIDGE_NAMESPACE": self.namespace,
+            "DRA_BRIDGE_AUDIT_FILE": str(self.audit_log),
             "PYTHONUNBUFFERED": "1",
         }
         args = [sys.executable, "-m", "webhook", "serve", "--host", LOOPBACK, "--port", str(self.port)]
