@@ -31,7 +31,7 @@ from tests.e2e.helpers import (
     wait_for,
     webhook_configurations,
 )
-from tests.e2e.releases import RELEASE
+from tests.e2e.releases import RELEASE, SHARES_CHECKED_PER_DEVICE
 
 # ConfigMap watches skip the apiserver's watch cache and go to etcd, so that compacting etcd makes a
 # real "410 Gone" for the adapter's relist test (tests/e2e/test_kube_cluster.py).
@@ -88,7 +88,7 @@ def kube(control_plane: ControlPlane) -> Kube:
 def gpu_cluster(kube: Kube, timings: dict[str, float]) -> list[dict[str, Any]]:
     """Three kubelet-less GPU nodes, their drivers' ResourceSlices, the project's DeviceClasses."""
     started = time.monotonic()
-    slices = gpu_inventory()
+    slices = gpu_inventory(split_shared=not SHARES_CHECKED_PER_DEVICE)
     for node in {s["spec"]["nodeName"] for s in slices}:
         kube.cp.create_node(node)
     kube.kubectl("apply", "--server-side", "-f", str(DEVICECLASSES))

@@ -63,6 +63,17 @@ RELEASE = selected()
 MINOR = minor_patch(RELEASE)[0]
 
 
+# What differs between the supported releases, as the scenarios need to know it (README, "Every
+# supported release"). kube-scheduler before 1.35 does not score firstAvailable alternatives across
+# nodes (kubernetes#134711): the first alternative is preferred only on the node it picked.
+PRIORITIZED_LIST_SCORING = MINOR >= 35
+# kube-scheduler 1.34.x checks a share of a device that allows multiple allocations against the
+# capacity left on the first device of its ResourceSlice, not on the device it hands out
+# (kubernetes#133705, fixed in 1.35 by kubernetes#133706): once that device is full, no further share
+# of the slice is allocated.
+SHARES_CHECKED_PER_DEVICE = MINOR >= 35
+
+
 def skip_before(minor: int, reason: str) -> pytest.MarkDecorator:
     """Skip on releases older than 1.<minor>, saying what they lack."""
     return pytest.mark.skipif(minor > MINOR, reason=f"Kubernetes {RELEASE}: {reason} (needs 1.{minor} or later)")
