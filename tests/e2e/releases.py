@@ -80,7 +80,7 @@ def skip_before(minor: int, reason: str) -> pytest.MarkDecorator:
 
 
 # -- one run per release ------------------------------------------------------------------------
-_SUMMARY = re.compile(r"=+ (.*?) in ([0-9.]+)s")
+_SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|skipped|errors?|deselected)\b.*?) in ([0-9.]+)s", re.M)
 
 
 def main(argv: list[str]) -> int:

@@ -67,3 +67,12 @@ def test_missing_go_is_left_to_the_fixtures(tmp_path: Path, monkeypatch: pytest.
     lines: list[str] = []
     assert prebuild.run("fake", fake(tmp_path, "echo 'Go is not installed' >&2\nexit 3\n"), lines.append) == 3
     assert lines == []
+
+
+def test_the_release_runner_reads_each_runs_outcome() -> None:
+    from tests.e2e.releases import _SUMMARY
+
+    assert _SUMMARY.findall("....\n44 passed, 1 skipped in 56.14s\n") == [("44 passed, 1 skipped", "56.14")]
+    assert _SUMMARY.findall("== 2 failed, 42 passed, 9 errors in 810.09s (0:13:30) ==\n")[-1][0] == (
+        "2 failed, 42 passed, 9 errors"
+    )
