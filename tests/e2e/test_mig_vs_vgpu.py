@@ -41,10 +41,12 @@ def test_mig_slice_and_equivalent_vgpu_are_consistent(
     workloads = {"mig-a": MIG, "mig-b": MIG, "vgpu-a": VGPU, "vgpu-b": VGPU}
     for name, limits in workloads.items():
         manifest = pod(name, limits)
-        if limits is MIG and not PRIORITIZED_LIST_SCORING:
-            # Before 1.35 a MIG request may get its vGPU alternative on another node while slices
-            # are free (see the test below): compare a slice with a vGPU, on the node with slices.
-            manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": NODES["nvidia"]}
+        if not PRIORITIZED_LIST_SCORING:
+            # Before 1.35 kube-scheduler may pick the node of a later alternative while the first
+            # is free elsewhere (a MIG request its vGPU, a vGPU request the example driver; see the
+            # test below): compare a slice with a HAMi-core vGPU, each on the node that has it.
+            node = NODES["nvidia"] if limits is MIG else NODES["hami"]
+            manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
         result = kube.create(manifest, "-n", namespace)
         assert result.returncode == 0, result.stderr
     results = {}
