@@ -26,18 +26,28 @@ GO_MISSING = 3
 QUIET_AFTER = 2.0  # a script done within this many seconds was cached: print nothing
 TICK = 30.0
 
-CONTROL_PLANE = ("the Kubernetes control plane", ROOT / "tests" / "e2e" / "build-control-plane.sh")
-KUSTOMIZE = ("kustomize", ROOT / "deploy" / "hack" / "ensure-kustomize.sh")
-HELM = ("helm", ROOT / "deploy" / "hack" / "ensure-helm.sh")
-VEGETA = ("vegeta", ROOT / "bench" / "ensure-vegeta.sh")
+Tool = tuple[str, Path, dict[str, str]]  # name, script, environment
+
+CONTROL_PLANE_SCRIPT = ROOT / "tests" / "e2e" / "build-control-plane.sh"
+KUSTOMIZE: Tool = ("kustomize", ROOT / "deploy" / "hack" / "ensure-kustomize.sh", {})
+HELM: Tool = ("helm", ROOT / "deploy" / "hack" / "ensure-helm.sh", {})
+VEGETA: Tool = ("vegeta", ROOT / "bench" / "ensure-vegeta.sh", {})
 
 
-def needed(paths: Iterable[Path]) -> list[tuple[str, Path]]:
+def control_planes() -> list[Tool]:
+    """The control plane of every release this run may use (K8S_VERSION and DRA_BRIDGE_K8S_VERSIONS,
+    tests/e2e/releases.py): a run of every supported release builds them all before the first test."""
+    from tests.e2e.releases import to_build
+
+    return [(f"the Kubernetes control plane {v}", CONTROL_PLANE_SCRIPT, {"K8S_VERSION": v}) for v in to_build()]
+
+
+def needed(paths: Iterable[Path]) -> list[Tool]:
     """The tools the selected tests build themselves, in the order their fixtures would."""
     folders = {p.resolve().relative_to(ROOT).parts[:2] for p in paths if p.resolve().is_relative_to(ROOT)}
-    tools = []
+    tools: list[Tool] = []
     if ("tests", "e2e") in folders or ("tests", "bench") in folders:
-        tools.append(CONTROL_PLANE)
+        tools += control_planes()
     if ("tests", "deploy") in folders:
         tools += [KUSTOMIZE, HELM]
     if ("tests", "bench") in folders:
@@ -45,14 +55,14 @@ def needed(paths: Iterable[Path]) -> list[tuple[str, Path]]:
     return tools
 
 
-def run(name: str, script: Path, write: Callable[[str], None]) -> int:
+def run(name: str, script: Path, write: Callable[[str], None], env: dict[str, str] | None = None) -> int:
     start = time.monotonic()
     proc = subprocess.Popen(
         ["bash", str(script)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "BUILD_JOBS": os.environ.get("BUILD_JOBS", "2")},
+        env={**os.environ, "BUILD_JOBS": os.environ.get("BUILD_JOBS", "2"), **(env or {})},
     )
     assert proc.stderr is not None
     state: dict[str, float | bool] = {"shown": False, "last": start}
@@ -109,8 +119,8 @@ def prebuild(session: pytest.Session) -> None:
         sys.stderr.flush()
 
     with capture.global_and_fixture_disabled() if capture else _nothing():
-        for name, script in tools:
-            run(name, script, write)
+        for name, script, env in tools:
+            run(name, script, write, env)
 
 
 class _nothing:

@@ -31,6 +31,7 @@ from tests.e2e.helpers import (
     wait_for,
     webhook_configurations,
 )
+from tests.e2e.releases import RELEASE, SHARES_CHECKED_PER_DEVICE
 
 # ConfigMap watches skip the apiserver's watch cache and go to etcd, so that compacting etcd makes a
 # real "410 Gone" for the adapter's relist test (tests/e2e/test_kube_cluster.py).
@@ -59,12 +60,21 @@ def bin_dir(timings: dict[str, float]) -> Path:
 
 @pytest.fixture(scope="session")
 def control_plane(
-    bin_dir: Path, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]
+    bin_dir: Path, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float], observations: dict[str, Any]
 ) -> Iterator[ControlPlane]:
     started = time.monotonic()
     cp = ControlPlane(bin_dir, tmp_path_factory.mktemp("control-plane"), DRA_FEATURE_GATES, APISERVER_ARGS)
     cp.start()
     timings["control plane"] = time.monotonic() - started
+    version = cp.kubectl("version", "-o", "json").stdout
+    observations["kubernetes"] = {
+        "release": RELEASE,
+        "server": json.loads(version)["serverVersion"]["gitVersion"],
+        # What each release needs: the gates the binaries accepted, and those they refused or lock (GA).
+        "feature gates": {comp: cp.effective_feature_gates[comp] for comp in sorted(cp.effective_feature_gates)},
+        "dropped gates": {comp: sorted(d) for comp, d in sorted(cp.dropped_feature_gates.items()) if d},
+    }
+    assert observations["kubernetes"]["server"] == RELEASE, f"asked for {RELEASE}, the apiserver is {version}"
     yield cp
     cp.stop()
 
@@ -78,7 +88,7 @@ def kube(control_plane: ControlPlane) -> Kube:
 def gpu_cluster(kube: Kube, timings: dict[str, float]) -> list[dict[str, Any]]:
     """Three kubelet-less GPU nodes, their drivers' ResourceSlices, the project's DeviceClasses."""
     started = time.monotonic()
-    slices = gpu_inventory()
+    slices = gpu_inventory(split_shared=not SHARES_CHECKED_PER_DEVICE)
     for node in {s["spec"]["nodeName"] for s in slices}:
         kube.cp.create_node(node)
     kube.kubectl("apply", "--server-side", "-f", str(DEVICECLASSES))

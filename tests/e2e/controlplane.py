@@ -455,8 +455,12 @@ class ControlPlane:
         memory: str = "32Gi",
         pods: str = "110",
         taints: list[dict[str, str]] | None = None,
+        extended: Mapping[str, str] | None = None,
     ) -> None:
         """Register a fake node (no kubelet) that the scheduler will bind pods to.
+
+        ``extended``: extended resources in its capacity and allocatable, as a device plugin would
+        advertise them through its kubelet (``{"nvidia.com/gpu": "4"}``).
 
         Needs: status.capacity/allocatable with cpu, memory and pods (pods > 0
         or nothing fits), a Ready=True condition, and no not-ready taint: the
@@ -473,7 +477,7 @@ class ControlPlane:
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        resources = {"cpu": cpu, "memory": memory, "pods": pods}
+        resources = {"cpu": cpu, "memory": memory, "pods": pods, **(extended or {})}
         status = {
             "status": {
                 "capacity": resources,

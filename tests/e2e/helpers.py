@@ -315,7 +315,26 @@ def example_slice(count: int = 4) -> dict[str, Any]:
     )
 
 
-def gpu_inventory() -> list[dict[str, Any]]:
+def one_device_per_slice(published: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same pool published as one ResourceSlice per device (``resourceSliceCount`` = devices), as
+    a driver may split its pool. Then a slice's first device is the only one."""
+    devices = published["spec"]["devices"]
+    out = []
+    for i, device in enumerate(devices):
+        part = json.loads(json.dumps(published))
+        part["metadata"]["name"] = f"{published['metadata']['name']}-{i}"
+        part["spec"]["pool"]["resourceSliceCount"] = len(devices)
+        part["spec"]["devices"] = [device]
+        out.append(part)
+    return out
+
+
+def gpu_inventory(*, split_shared: bool = False) -> list[dict[str, Any]]:
+    """The three GPU nodes' slices. ``split_shared``: the drivers whose devices are shared (HAMi-core,
+    example) publish one slice per device, for kube-scheduler 1.34.x, which checks a share against the
+    first device of its slice (tests/e2e/releases.py, SHARES_CHECKED_PER_DEVICE)."""
+    if split_shared:
+        return [nvidia_slice(), *one_device_per_slice(hami_slice()), *one_device_per_slice(example_slice())]
     return [nvidia_slice(), hami_slice(), example_slice()]
 
 
@@ -353,6 +372,7 @@ class BridgeServer:
         self.env = dict(env or {})
         self.port = free_port()
         self.log = work_dir / "dra-bridge.log"
+        self.audit_log = work_dir / "audit.log"  # never the deployed default under /var/log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         if tls_from is not None:
@@ -373,6 +393,7 @@ class BridgeServer:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "DRA_BRIDGE_NAMESPACE": self.namespace,
+            "DRA_BRIDGE_AUDIT_FILE": str(self.audit_log),
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

@@ -26,6 +26,7 @@ from tests.e2e.helpers import (
     wait_for,
     why_pending,
 )
+from tests.e2e.releases import PRIORITIZED_LIST_SCORING
 from webhook.translate.quantity import parse_quantity
 
 pytestmark = pytest.mark.e2e
@@ -74,18 +75,25 @@ Bound = tuple[dict[str, Any], list[dict[str, Any]]]  # the stored Pod and its cl
 def legacy_pods(bridge: Any, kube: Kube) -> Iterator[tuple[str, dict[str, Bound]]]:
     """Every kind at once (the scheduler works through them in parallel); each test checks one."""
     namespace = kube.namespace("e2e-legacy")
-    for kind in KINDS:
-        result = kube.create(pod(kind.name, kind.limits, annotations=kind.annotations), "-n", namespace)
-        assert result.returncode == 0, f"{kind.name}: {result.stderr}"
-    bound: dict[str, Bound] = {}
-    for kind in KINDS:
-        bound[kind.name] = wait_for(
-            lambda name=kind.name: scheduled(kube, namespace, name),  # type: ignore[misc]
-            90,
-            what=lambda name=kind.name: f"{name} bound with allocated claims: {why_pending(kube, namespace, name)}",  # type: ignore[misc]
-        )
-    yield namespace, bound
-    kube.force_delete_pods(namespace)
+    try:
+        for kind in KINDS:
+            manifest = pod(kind.name, kind.limits, annotations=kind.annotations)
+            if kind.lands_on == "partition" and not PRIORITIZED_LIST_SCORING:
+                # Before 1.35 kube-scheduler may pick the vGPU alternative's node while slices are
+                # free (test_mig_vs_vgpu.py checks the preference where the release has it).
+                manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": NODES["nvidia"]}
+            result = kube.create(manifest, "-n", namespace)
+            assert result.returncode == 0, f"{kind.name}: {result.stderr}"
+        bound: dict[str, Bound] = {}
+        for kind in KINDS:
+            bound[kind.name] = wait_for(
+                lambda name=kind.name: scheduled(kube, namespace, name),  # type: ignore[misc]
+                90,
+                what=lambda name=kind.name: f"{name} bound with allocated claims: {why_pending(kube, namespace, name)}",  # type: ignore[misc]
+            )
+        yield namespace, bound
+    finally:  # also when a Pod never bound: its claims would hold devices for the later scenarios
+        kube.force_delete_pods(namespace)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])

@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Kube, allocated_devices, attribute, device_index, pod, scheduled, wait_for, why_pending
+from tests.e2e.helpers import (
+    NODES,
+    Kube,
+    allocated_devices,
+    attribute,
+    device_index,
+    pod,
+    scheduled,
+    wait_for,
+    why_pending,
+)
+from tests.e2e.releases import PRIORITIZED_LIST_SCORING, skip_before
 from webhook.translate.quantity import parse_quantity
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +40,14 @@ def test_mig_slice_and_equivalent_vgpu_are_consistent(
 ) -> None:
     workloads = {"mig-a": MIG, "mig-b": MIG, "vgpu-a": VGPU, "vgpu-b": VGPU}
     for name, limits in workloads.items():
-        result = kube.create(pod(name, limits), "-n", namespace)
+        manifest = pod(name, limits)
+        if not PRIORITIZED_LIST_SCORING:
+            # Before 1.35 kube-scheduler may pick the node of a later alternative while the first
+            # is free elsewhere (a MIG request its vGPU, a vGPU request the example driver; see the
+            # test below): compare a slice with a HAMi-core vGPU, each on the node that has it.
+            node = NODES["nvidia"] if limits is MIG else NODES["hami"]
+            manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        result = kube.create(manifest, "-n", namespace)
         assert result.returncode == 0, result.stderr
     results = {}
     for name in workloads:
@@ -71,3 +89,26 @@ def test_mig_slice_and_equivalent_vgpu_are_consistent(
     observations["KAR-0004 vGPU"] = [
         {"device": r["device"], "shareID": r["shareID"], "consumed": r["consumedCapacity"]} for r in vgpu
     ]
+
+
+@skip_before(
+    35,
+    "kube-scheduler scores firstAvailable alternatives across nodes from 1.35 (kubernetes#134711); before, a "
+    "MIG request may get its HAMi-core vGPU alternative on another node while 1g.5gb slices are free",
+)
+def test_a_mig_request_prefers_a_free_slice_to_its_vgpu_alternative_on_another_node(
+    bridge: Any, kube: Kube, namespace: str, gpu_cluster: list[dict[str, Any]]
+) -> None:
+    names = [f"mig-{i}" for i in range(3)]  # three of the four 1g.5gb slices; HAMi-core has room too
+    for name in names:
+        result = kube.create(pod(name, MIG), "-n", namespace)
+        assert result.returncode == 0, result.stderr
+    index = device_index(gpu_cluster)
+    for name in names:
+        _, claims = wait_for(
+            lambda n=name: scheduled(kube, namespace, n),  # type: ignore[misc]
+            90,
+            what=lambda n=name: f"{n} bound: {why_pending(kube, namespace, n)}",  # type: ignore[misc]
+        )
+        (result,) = allocated_devices(claims)
+        assert attribute(index[(result["driver"], result["pool"], result["device"])][1], "profile") == "1g.5gb", result
