@@ -26,7 +26,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,25 @@ class ReplicaPair:
     def wait_policy(self, timeout: float = 30.0) -> None:
         for name, server in self.servers.items():
             wait_for(lambda s=server: f"{POLICY}@" in s.get("/readyz")[1], timeout, what=f"{name} to load the policy")
+
+
+@contextlib.contextmanager
+def serving_pair(
+    bridge: BridgeServer, kube: Kube, folder: Path, limits: Mapping[str, int]
+) -> Iterator[ReplicaPair]:
+    """Two replicas registered as the webhooks with a policy of ``limits``; afterwards the session's
+    single server takes the webhooks back for the tests that follow, and the policy goes."""
+    replicas = ReplicaPair(kube, folder)
+    try:
+        replicas.start()
+        replicas.register()
+        kube.apply(policy_configmap(limits))
+        replicas.wait_policy()
+        yield replicas
+    finally:
+        kube.apply(webhook_configurations(port=bridge.port, ca_pem=bridge.ca_pem))
+        replicas.stop()
+        kube.kubectl("delete", "configmap", POLICY, "-n", BRIDGE_NAMESPACE, "--ignore-not-found")
 
 
 def policy_configmap(limits: Mapping[str, int]) -> dict[str, Any]:

@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.faults import restart_apiserver, rotate_under_load
-from tests.e2e.helpers import BRIDGE_NAMESPACE, BridgeServer, Kube, wait_for, webhook_configurations
+from tests.e2e.helpers import BridgeServer, Kube, wait_for
 from tests.e2e.replicas import (
-    POLICY,
     TENANT_LABEL,
     ReplicaPair,
     kill_stream,
     namespaces_ready,
-    policy_configmap,
+    serving_pair,
 )
 from webhook.certs.files import write_pair
 from webhook.certs.issue import create_ca, create_serving_cert
@@ -56,17 +55,8 @@ def test_certificate_renewal_and_ca_rollover_under_load_fail_no_review(
 
 @pytest.fixture(scope="module")
 def pair(bridge: BridgeServer, kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaPair]:
-    replicas = ReplicaPair(kube, tmp_path_factory.mktemp("fault-replicas"))
-    try:
-        replicas.start()
-        replicas.register()
-        kube.apply(policy_configmap(LIMITS))
-        replicas.wait_policy()
+    with serving_pair(bridge, kube, tmp_path_factory.mktemp("fault-replicas"), LIMITS) as replicas:
         yield replicas
-    finally:
-        kube.apply(webhook_configurations(port=bridge.port, ca_pem=bridge.ca_pem))
-        replicas.stop()
-        kube.kubectl("delete", "configmap", POLICY, "-n", BRIDGE_NAMESPACE, "--ignore-not-found")
 
 
 def test_an_apiserver_restart_resyncs_and_nothing_is_decided_from_a_stale_cache(

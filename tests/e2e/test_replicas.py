@@ -14,17 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import BRIDGE_NAMESPACE, BridgeServer, Kube, webhook_configurations
+from tests.e2e.helpers import BridgeServer, Kube
 from tests.e2e.replicas import (
-    POLICY,
     TENANT_LABEL,
     ReplicaPair,
     kill_stream,
     load,
     namespaces_ready,
-    policy_configmap,
     race,
     recount,
+    serving_pair,
 )
 
 pytestmark = pytest.mark.e2e
@@ -36,20 +35,12 @@ LIMITS = {"rp-load": 100_000, "rp-race": 10, "rp-kill": 100_000}
 def pair(
     bridge: BridgeServer, kube: Kube, tmp_path_factory: pytest.TempPathFactory, observations: dict[str, Any]
 ) -> Iterator[ReplicaPair]:
-    replicas = ReplicaPair(kube, tmp_path_factory.mktemp("replicas"))
-    try:
-        replicas.start()
-        replicas.register()
-        kube.apply(policy_configmap(LIMITS))
-        replicas.wait_policy()
-        yield replicas
-    finally:
-        # The session's single server takes the webhooks back for the tests that follow.
-        kube.apply(webhook_configurations(port=bridge.port, ca_pem=bridge.ca_pem))
-        replicas.stop()
-        kube.kubectl("delete", "configmap", POLICY, "-n", BRIDGE_NAMESPACE, "--ignore-not-found")
-        for name, server in replicas.servers.items():
-            observations[f"replicas {name} log"] = str(server.log)
+    with serving_pair(bridge, kube, tmp_path_factory.mktemp("replicas"), LIMITS) as replicas:
+        try:
+            yield replicas
+        finally:
+            for name, server in replicas.servers.items():
+                observations[f"replicas {name} log"] = str(server.log)
 
 
 def tenant_namespace(kube: Kube, tenant: str) -> str:
