@@ -134,5 +134,7 @@ def failure_of(error: BaseException) -> Failure:
     if isinstance(error, NotReady):
         return Failure(503, "not-ready", f"not ready: {error}; the webhook's failurePolicy applies")
     if isinstance(error, AuditWriteError):
-        return Failure(500, "audit-write-failed", "the decision could not be recorded; the webhook's failurePolicy applies")
+        return Failure(
+            500, "audit-write-failed", "the decision could not be recorded; the webhook's failurePolicy applies"
+        )
     return Failure(500, "internal-error", "internal error; the webhook's failurePolicy applies")

@@ -13,7 +13,9 @@ from webhook.translate.catalogue import CatalogueIndex, load_catalogue
 def admission(max_containers: int) -> Admission:
     index = CatalogueIndex(load_catalogue(catalogue_files(POLICIES)))
     return Admission(
-        cluster=dev_cluster(POLICIES), catalogue=lambda: index, settings=AdmissionSettings(max_containers=max_containers)
+        cluster=dev_cluster(POLICIES),
+        catalogue=lambda: index,
+        settings=AdmissionSettings(max_containers=max_containers),
     )
 
 
@@ -36,5 +38,7 @@ def test_a_pod_at_the_bound_is_converted() -> None:
 
 
 def test_the_bound_is_a_setting() -> None:
-    runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES, max_pod_containers=3), cluster=dev_cluster(POLICIES))
+    runtime = build_runtime(
+        Settings(dev=True, policies_dir=POLICIES, max_pod_containers=3), cluster=dev_cluster(POLICIES)
+    )
     assert runtime.admission.mutate(request(gpu_pod(4))).reason == "too-large"

@@ -216,13 +216,26 @@ def mixed_cluster() -> tuple[Any, Any]:
     from webhook.admission.nodes import NodePools
 
     pools = NodePools()
-    pools.on_node("ADDED", {"metadata": {"name": "dp-1", "labels": {"pool": "legacy"}}, "status": {"allocatable": {"nvidia.com/gpu": "4"}}})
-    pools.on_node("ADDED", {"metadata": {"name": "dra-1", "labels": {"pool": "dra"}}, "status": {"allocatable": {"cpu": "8"}}})
+    pools.on_node(
+        "ADDED",
+        {
+            "metadata": {"name": "dp-1", "labels": {"pool": "legacy"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "4"}},
+        },
+    )
+    pools.on_node(
+        "ADDED", {"metadata": {"name": "dra-1", "labels": {"pool": "dra"}}, "status": {"allocatable": {"cpu": "8"}}}
+    )
     pools.on_slice(
         "ADDED",
         {
             "metadata": {"name": "dra-1-gpu"},
-            "spec": {"driver": "gpu.nvidia.com", "nodeName": "dra-1", "pool": {"name": "dra-1"}, "devices": [{"name": "gpu-0"}]},
+            "spec": {
+                "driver": "gpu.nvidia.com",
+                "nodeName": "dra-1",
+                "pool": {"name": "dra-1"},
+                "devices": [{"name": "gpu-0"}],
+            },
         },
     )
     return pools, None

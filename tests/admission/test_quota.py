@@ -383,7 +383,9 @@ def test_namespace_relabel_moves_usage_to_the_new_tenant(index: CatalogueIndex) 
 
 
 # -- every path: what a tenant can try with kubectl ----------------------------------------------
-def namespace_review(name: str, labels: dict[str, str], old: dict[str, str] | None, *, user: str, groups: list[str]) -> Any:
+def namespace_review(
+    name: str, labels: dict[str, str], old: dict[str, str] | None, *, user: str, groups: list[str]
+) -> Any:
     from webhook.admission.review import AdmissionRequest
 
     def obj(lbls: dict[str, str]) -> dict[str, Any]:
@@ -411,7 +413,9 @@ def test_moving_a_namespace_between_tenants_is_an_admin_act(index: CatalogueInde
     assert "namespace sandbox: from tenant namespace:sandbox to tenant inference is an admin act" in denied.message
     joined = namespace_review("new-ns", {"dra-bridge.io/tenant": "inference"}, None, user="alice", groups=["team-a"])
     assert env.admission.validate(joined).outcome == "denied"  # creating into a tenant is a move too
-    admin = namespace_review("sandbox", {"dra-bridge.io/tenant": "inference"}, {}, user="root", groups=["system:masters"])
+    admin = namespace_review(
+        "sandbox", {"dra-bridge.io/tenant": "inference"}, {}, user="root", groups=["system:masters"]
+    )
     decision = env.admission.validate(admin)
     assert decision.outcome == "allowed" and decision.reason == "tenant-moved"
     assert decision.message == "namespace sandbox: from tenant namespace:sandbox to tenant inference by root"
@@ -431,7 +435,11 @@ def gpu_pod_with_claims(*claims: dict[str, Any], labels: dict[str, str] | None =
 
 PER_POD = {
     "tenants": [
-        {"name": "research", "namespaces": ["ml-research"], "limits": {"perPod": {"devices": 2}, "devices": {"kind:gpu": 10}}}
+        {
+            "name": "research",
+            "namespaces": ["ml-research"],
+            "limits": {"perPod": {"devices": 2}, "devices": {"kind:gpu": 10}},
+        }
     ]
 }
 
@@ -441,7 +449,8 @@ def test_opting_out_skips_conversion_never_quota(index: CatalogueIndex) -> None:
     for i in range(3):
         env.cluster.add_claim(claim(f"held-{i}"))
     obj = gpu_pod_with_claims(
-        *({"name": f"c{i}", "resourceClaimName": f"held-{i}"} for i in range(3)), labels={"dra-bridge.io/ignore": "true"}
+        *({"name": f"c{i}", "resourceClaimName": f"held-{i}"} for i in range(3)),
+        labels={"dra-bridge.io/ignore": "true"},
     )
     decision = env.admission.validate(request(obj, namespace="ml-research"))
     assert decision.outcome == "denied"
@@ -464,7 +473,13 @@ def test_a_natively_mapped_name_is_checked_at_pod_admission(index: CatalogueInde
             "kind": "DeviceClass",
             "metadata": {"name": "gpu.nvidia.com"},
             "spec": {
-                "selectors": [{"cel": {"expression": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}],
+                "selectors": [
+                    {
+                        "cel": {
+                            "expression": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"
+                        }
+                    }
+                ],
                 "extendedResourceName": "nvidia.com/gpu",
             },
         }
@@ -511,7 +526,12 @@ def test_a_decision_that_cannot_be_recorded_gives_its_reservation_back(index: Ca
 # -- rollout: observe, then convert ------------------------------------------------------------------
 OBSERVE = {
     "tenants": [
-        {"name": "research", "namespaces": ["ml-research", "data-science"], "rollout": "observe", "limits": {"devices": {"kind:gpu": 1}}}
+        {
+            "name": "research",
+            "namespaces": ["ml-research", "data-science"],
+            "rollout": "observe",
+            "limits": {"devices": {"kind:gpu": 1}},
+        }
     ],
     "rolloutNamespaces": {"data-science": "convert", "sandbox": "off"},
     "default": {"limits": {"devices": {"*": 4}}},
@@ -525,7 +545,9 @@ def test_observe_admits_unchanged_and_says_what_would_happen(index: CatalogueInd
     assert decision.outcome == "allowed" and decision.reason == "observed"
     assert decision.response.patch is None and not env.cluster.managed_templates()
     warnings = decision.response.warnings or []
-    assert any(w.startswith("dra-bridge (observe): would convert train: nvidia.com/gpu=2 -> 2 whole devices") for w in warnings)
+    assert any(
+        w.startswith("dra-bridge (observe): would convert train: nvidia.com/gpu=2 -> 2 whole devices") for w in warnings
+    )
     assert any(w.startswith("dra-bridge (observe): quota would refuse it: tenant research") for w in warnings)
     assert [c.container for c in decision.conversions] == ["train"]
     # the validating webhook does not refuse what observe mode let through unconverted

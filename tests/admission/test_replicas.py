@@ -216,10 +216,17 @@ def test_a_killed_replicas_in_flight_charges_expire(index: CatalogueIndex) -> No
         assert admission.quota is not None and admission.quota.coordinator is not None
         admission.quota.coordinator._clock = lambda: now[0]
     for i in range(3):  # replica-b admits 3 and dies before any of them is stored
-        assert admissions[1].validate(request(claim(f"lost-{i}"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
-    assert admissions[0].validate(request(claim("x"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
+        assert (
+            admissions[1].validate(request(claim(f"lost-{i}"), kind="ResourceClaim", namespace="ml-research")).outcome
+            == "allowed"
+        )
+    assert (
+        admissions[0].validate(request(claim("x"), kind="ResourceClaim", namespace="ml-research")).outcome == "denied"
+    )
     now[0] += 31  # the TTL
-    assert admissions[0].validate(request(claim("y"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    assert (
+        admissions[0].validate(request(claim("y"), kind="ResourceClaim", namespace="ml-research")).outcome == "allowed"
+    )
 
 
 def test_a_claim_whose_group_its_replica_dropped_does_not_cancel_a_newer_admission(index: CatalogueIndex) -> None:

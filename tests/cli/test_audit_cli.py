@@ -118,7 +118,9 @@ FILES: dict[str, list[dict[str, Any] | str]] = {
             reason="converted",
             conversions=[
                 conversion("1 whole device (nvidia)", 1),
-                conversion("2 shared devices (nvidia, 8Gi, 30% compute); 1 partition 1g.5gb (nvidia)", 3, str(16 * 2**30)),
+                conversion(
+                    "2 shared devices (nvidia, 8Gi, 30% compute); 1 partition 1g.5gb (nvidia)", 3, str(16 * 2**30)
+                ),
             ],
         ),
     ],

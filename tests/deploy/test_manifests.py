@@ -424,7 +424,11 @@ def test_workload_webhooks_skip_system_namespaces_and_only_conversion_skips_opte
         assert names["operator"] == "NotIn" and set(names["values"]) == SYSTEM_NAMESPACES, webhook["name"]
         assert "matchLabels" not in webhook["namespaceSelector"]
         if webhook["name"] == "pods.mutate.dra-bridge.io":
-            assert by_key["dra-bridge.io/ignore"] == {"key": "dra-bridge.io/ignore", "operator": "NotIn", "values": ["true"]}
+            assert by_key["dra-bridge.io/ignore"] == {
+                "key": "dra-bridge.io/ignore",
+                "operator": "NotIn",
+                "values": ["true"],
+            }
         else:  # opting out skips conversion, never quota
             assert "dra-bridge.io/ignore" not in by_key, webhook["name"]
             assert "objectSelector" not in webhook, webhook["name"]

@@ -73,7 +73,10 @@ def test_the_apiserver_admission_configuration_gives_both_webhook_plugins_the_ku
     plugins = {p["name"]: p["configuration"] for p in config["plugins"]}
     assert set(plugins) == {"ValidatingAdmissionWebhook", "MutatingAdmissionWebhook"}
     for configuration in plugins.values():
-        assert (configuration["apiVersion"], configuration["kind"]) == ("apiserver.config.k8s.io/v1", "WebhookAdmissionConfiguration")
+        assert (configuration["apiVersion"], configuration["kind"]) == (
+            "apiserver.config.k8s.io/v1",
+            "WebhookAdmissionConfiguration",
+        )
         assert configuration["kubeConfigFile"].endswith("/webhook-kubeconfig.yaml")
 
 

@@ -190,9 +190,7 @@ class ReplicaPair:
 
 
 @contextlib.contextmanager
-def serving_pair(
-    bridge: BridgeServer, kube: Kube, folder: Path, limits: Mapping[str, int]
-) -> Iterator[ReplicaPair]:
+def serving_pair(bridge: BridgeServer, kube: Kube, folder: Path, limits: Mapping[str, int]) -> Iterator[ReplicaPair]:
     """Two replicas registered as the webhooks with a policy of ``limits``; afterwards the session's
     single server takes the webhooks back for the tests that follow, and the policy goes."""
     replicas = ReplicaPair(kube, folder)

@@ -44,7 +44,9 @@ class ClientAuthBridge(BridgeServer):
 
     def get(self, path: str, *, with_certificate: bool = True) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", context=self.context(with_certificate=with_certificate), timeout=5) as response:
+            with urllib.request.urlopen(
+                f"{self.url}{path}", context=self.context(with_certificate=with_certificate), timeout=5
+            ) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
@@ -84,7 +86,9 @@ def setup(bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     config = shipped_apiserver_files(
         work, webhook_host=f"{LOOPBACK}:{bridge.port}", cert=work / "client.crt", key=work / "client.key"
     )
-    cp = ControlPlane(bin_dir, cp_dir, DRA_FEATURE_GATES, [*APISERVER_ARGS, f"--admission-control-config-file={config}"])
+    cp = ControlPlane(
+        bin_dir, cp_dir, DRA_FEATURE_GATES, [*APISERVER_ARGS, f"--admission-control-config-file={config}"]
+    )
     cp.start()
     kube = Kube(cp)
     try:
@@ -100,7 +104,9 @@ def setup(bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         cp.stop()
 
 
-def test_the_apiserver_presents_its_certificate_and_its_pods_are_converted(setup: tuple[Kube, ClientAuthBridge]) -> None:
+def test_the_apiserver_presents_its_certificate_and_its_pods_are_converted(
+    setup: tuple[Kube, ClientAuthBridge],
+) -> None:
     kube, _ = setup
     namespace = kube.namespace("client-auth")
     legacy = json.dumps(pod("trainer", {"nvidia.com/gpu": "1"}))

@@ -44,7 +44,17 @@ ODD_NUMBERS: tuple[Any, ...] = (
     MAX_INT64,
 )
 # in range for the apiserver (int64, quantities), out of range for what is computed from them
-LARGE: tuple[Any, ...] = (2**31, 2**40, 2**53 + 1, 2**62, MAX_INT64, "9223372036854775807", "8Ei", "9223372036854775807Ei", "1e18")
+LARGE: tuple[Any, ...] = (
+    2**31,
+    2**40,
+    2**53 + 1,
+    2**62,
+    MAX_INT64,
+    "9223372036854775807",
+    "8Ei",
+    "9223372036854775807Ei",
+    "1e18",
+)
 ODD_STRINGS: tuple[str, ...] = (
     "",
     " ",
@@ -135,14 +145,19 @@ def _claim_spec(device_class: str = "whole.nvidia.dra-bridge.io", count: int = 1
     return {
         "devices": {
             "requests": [
-                {"name": "gpu", "exactly": {"deviceClassName": device_class, "count": count, "allocationMode": "ExactCount"}},
+                {
+                    "name": "gpu",
+                    "exactly": {"deviceClassName": device_class, "count": count, "allocationMode": "ExactCount"},
+                },
                 {
                     "name": "any",
                     "firstAvailable": [
                         {
                             "name": "mig",
                             "deviceClassName": "partition.nvidia.dra-bridge.io",
-                            "selectors": [{"cel": {"expression": "device.attributes['gpu.nvidia.com'].profile == '1g.5gb'"}}],
+                            "selectors": [
+                                {"cel": {"expression": "device.attributes['gpu.nvidia.com'].profile == '1g.5gb'"}}
+                            ],
                         },
                         {
                             "name": "share",
@@ -194,7 +209,9 @@ _GVK = {
 }
 
 
-def _review(path: str, obj: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+def _review(
+    path: str, obj: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
     kind = obj["kind"]
     group, version, resource = _GVK[kind]
     namespace = "" if kind == "Namespace" else obj["metadata"].get("namespace", "")
@@ -227,7 +244,12 @@ def seeds() -> list[tuple[str, dict[str, Any]]]:
     )
     init_pod = _pod("with-init", _container("main", {"volcano.sh/vgpu-number": "1", "volcano.sh/vgpu-memory": "2048"}))
     plain_pod = _pod("web", _container("web", {"cpu": "500m", "memory": "1Gi"}))
-    claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": _meta("c1"), "spec": _claim_spec(count=2)}
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": _meta("c1"),
+        "spec": _claim_spec(count=2),
+    }
     template = {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
@@ -240,7 +262,11 @@ def seeds() -> list[tuple[str, dict[str, Any]]]:
     own_template = {**template, "metadata": _meta("hand-made")}
     policy = _configmap("gpu-quota", "dra-bridge.io/policy", "policy.yaml", POLICY)
     catalogue = _configmap("extra-catalogue", "dra-bridge.io/catalogue", "catalogue.yaml", CATALOGUE)
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"dra-bridge.io/tenant": "research"}}}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "team-a", "labels": {"dra-bridge.io/tenant": "research"}},
+    }
     out = []
     for pod in (gpu_pod, mig_pod, kai_pod, init_pod, plain_pod):
         out += [_review("/mutate", pod), _review("/validate", pod)]
@@ -344,7 +370,10 @@ class Fuzzer:
             (
                 rnd.choice(ODD_STRINGS),
                 rnd.choice(ODD_NUMBERS),
-                {"name": rnd.choice(ODD_STRINGS), "resources": {"limits": {rnd.choice(LEGACY_NAMES): rnd.choice(ODD_STRINGS)}}},
+                {
+                    "name": rnd.choice(ODD_STRINGS),
+                    "resources": {"limits": {rnd.choice(LEGACY_NAMES): rnd.choice(ODD_STRINGS)}},
+                },
                 [rnd.choice(ODD_STRINGS)],
                 None,
                 True,

@@ -56,7 +56,9 @@ def test_a_body_that_is_not_json_is_recorded_with_the_uid_read_from_its_text() -
     sink = ListSink()
     text = json.dumps(gpu_review("u-nan")).replace('"dryRun": false', '"dryRun": NaN')
     assert post_raw(wired(sink), "/validate", text.encode()).status_code == 400
-    deep = json.dumps(gpu_review("u-deep")).replace('"image": "registry.example/app:1"', '"image": ' + "[" * 3000 + "]" * 3000)
+    deep = json.dumps(gpu_review("u-deep")).replace(
+        '"image": "registry.example/app:1"', '"image": ' + "[" * 3000 + "]" * 3000
+    )
     assert post_raw(wired(sink), "/validate", deep.encode()).status_code == 400
     assert post_raw(wired(sink), "/validate", b"\xff\xfe garbage").status_code == 400
     assert [(r["uid"], r["reason"]) for r in sink.records()] == [
@@ -151,7 +153,9 @@ def test_a_claim_whose_charge_is_beyond_cel_integers_is_denied_by_the_rule_not_a
     from tests.fuzz.test_fuzz import runtime
 
     sink = ListSink()
-    path, body = next(s for s in seeds() if s[1]["request"]["kind"]["kind"] == "ResourceClaim" and s[1]["request"]["object"])
+    path, body = next(
+        s for s in seeds() if s[1]["request"]["kind"]["kind"] == "ResourceClaim" and s[1]["request"]["object"]
+    )
     exactly = body["request"]["object"]["spec"]["devices"]["requests"][0]["exactly"]
     # A count is charged at most 32 (no allocation holds more devices), but a capacity request on a
     # shared device is charged as asked when no device can meet it: 2**62 GiB passes int64 in bytes.

@@ -47,7 +47,9 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     certs = ensure_dev_certs(tmp_path / "certs")
     sink = ListSink()
-    runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES), cluster=dev_cluster(POLICIES), audit=AuditLog(sink))
+    runtime = build_runtime(
+        Settings(dev=True, policies_dir=POLICIES), cluster=dev_cluster(POLICIES), audit=AuditLog(sink)
+    )
     closed: dict[str, int] = {}
 
     def on_timeout(stage: str) -> None:

@@ -49,7 +49,11 @@ def _copy(tmp_path: Path) -> Path:
         ("quota/check.py", "import time", "The pure core imports no I/O, clock, environment or logging"),
         ("translate/legacy.py", "from webhook.cluster import memory", "The pure core imports no I/O"),
         ("quota/charge.py", "from webhook.admission import engine", "Layers: each package imports only those below it"),
-        ("cluster/informer.py", "from webhook.translate import claims", "Layers: each package imports only those below it"),
+        (
+            "cluster/informer.py",
+            "from webhook.translate import claims",
+            "Layers: each package imports only those below it",
+        ),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, module: str, added: str, contract: str) -> None:

@@ -36,4 +36,3 @@ class Decision:
     extra: dict[str, str] = field(default_factory=dict)
     # Undoes what deciding reserved (a quota reservation) when the decision cannot be answered.
     release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
-

@@ -429,7 +429,6 @@ class Admission:
         )
 
 
-
 def _namespace(request: AdmissionRequest, obj: dict[str, Any]) -> str:
     return request.namespace or (obj.get("metadata") or {}).get("namespace") or "default"
 
@@ -470,9 +469,7 @@ def _object(request: AdmissionRequest) -> dict[str, Any]:
     return request.object
 
 
-def _allow(
-    webhook: Webhook, request: AdmissionRequest, reason: str, *, warnings: list[str] | None = None
-) -> Decision:
+def _allow(webhook: Webhook, request: AdmissionRequest, reason: str, *, warnings: list[str] | None = None) -> Decision:
     return Decision(webhook=webhook, response=allowed(request.uid, warnings=warnings), outcome="allowed", reason=reason)
 
 

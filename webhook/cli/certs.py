@@ -173,9 +173,7 @@ def run_create(args: argparse.Namespace) -> int:
             )
     now = datetime.now(UTC)
     ca = create_ca(valid_for=timedelta(days=ca_days), now=now)
-    serving = create_serving_cert(
-        ca=ca, dns_names=names, ip_addresses=args.ip, valid_for=timedelta(days=days), now=now
-    )
+    serving = create_serving_cert(ca=ca, dns_names=names, ip_addresses=args.ip, valid_for=timedelta(days=days), now=now)
     secret = _secret(args, namespace=args.namespace, ca=ca, serving=serving) if args.secret else None
     if args.out is not None:
         _persist(args.out, ca=ca, serving=serving, bundle=ca.cert_pem, next_ca=None)
@@ -547,9 +545,7 @@ def write_ca_key(path: Path, ca: KeyPair) -> None:
 
 
 def _secret(args: argparse.Namespace, *, namespace: str, ca: KeyPair, serving: KeyPair) -> dict[str, Any]:
-    return secret_manifest(
-        name=args.secret_name, namespace=args.secret_namespace or namespace, pair=serving, ca=ca
-    )
+    return secret_manifest(name=args.secret_name, namespace=args.secret_namespace or namespace, pair=serving, ca=ca)
 
 
 def _positive(flag: str, value: int) -> int:

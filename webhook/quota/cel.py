@@ -116,7 +116,9 @@ class Activation:
                 try:
                     self._converted[name] = json_to_cel(self._values[name])
                 except (ValueError, OverflowError):
-                    raise CelEvaluationError(_beyond_int64(self._values[name], name) or f"{name} cannot be a CEL value") from None
+                    raise CelEvaluationError(
+                        _beyond_int64(self._values[name], name) or f"{name} cannot be a CEL value"
+                    ) from None
             if name in self._converted:
                 out[name] = self._converted[name]
         return out

@@ -171,7 +171,10 @@ def _alternative(sub: Mapping[str, Any]) -> Alternative:
         if isinstance(cel, dict):
             selectors.append(str(cel.get("expression", "")))
     return Alternative(
-        device_class=str(sub["deviceClassName"]), count=count, capacity=tuple(sorted(capacity)), selectors=tuple(selectors)
+        device_class=str(sub["deviceClassName"]),
+        count=count,
+        capacity=tuple(sorted(capacity)),
+        selectors=tuple(selectors),
     )
 
 

@@ -20,8 +20,6 @@ from webhook.translate.quantity import format_quantity, round_up
 Scope = Literal["claim", "pod", "template"]
 
 
-
-
 def check(
     charge: Charge,
     *,

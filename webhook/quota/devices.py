@@ -109,7 +109,7 @@ def _qualified(name: str, driver: str) -> tuple[str, str]:
 def _attribute(path: str, value: Any) -> AttributeValue:
     if not isinstance(value, Mapping) or len(value) != 1:
         raise InventoryError(f"{path}: an attribute holds exactly one of int, bool, string, version (got {value!r})")
-    (kind, raw), = value.items()
+    ((kind, raw),) = value.items()
     if kind == "int" and isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if kind == "bool" and isinstance(raw, bool):

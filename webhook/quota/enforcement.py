@@ -180,9 +180,7 @@ class QuotaEnforcer:
     def _pricer(self, policy_set: PolicySet) -> Pricer:
         declared = {name: facts.memory for name, facts in policy_set.classes.items()}
         patterns = {p for t in (*policy_set.tenants, policy_set.default) if t is not None for p in t.limits.devices}
-        return Pricer(
-            self._catalogue(), self.inventory.snapshot(), declared_memory=declared, device_patterns=patterns
-        )
+        return Pricer(self._catalogue(), self.inventory.snapshot(), declared_memory=declared, device_patterns=patterns)
 
     def _models(self) -> list[DeviceShape]:
         return models_of((d.driver, d.models) for d in self._catalogue().drivers)

@@ -284,7 +284,9 @@ def build_policy_set(documents: Sequence[tuple[PolicySource, QuotaPolicy]]) -> P
     for source, policy in documents:
         for namespace, mode in policy.rollout_namespaces.items():
             if namespace in rollout_namespaces and rollout_namespaces[namespace] != mode:
-                raise PolicyError(f"{source.name}: rolloutNamespaces[{namespace}] is already {rollout_namespaces[namespace]!r}")
+                raise PolicyError(
+                    f"{source.name}: rolloutNamespaces[{namespace}] is already {rollout_namespaces[namespace]!r}"
+                )
             rollout_namespaces[namespace] = mode
         programs = _compile_rules(policy, origin=source.name)
         if policy.tenant_label:

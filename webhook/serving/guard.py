@@ -130,7 +130,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-
 def guarded_protocol(
     context: ssl.SSLContext | None,
     *,

@@ -101,7 +101,9 @@ def _alternatives(demand: Demand, *, catalogue: Catalogue, container: str) -> li
         driver = catalogue.driver(driver_name)
         assert driver.shared is not None
         compute = None if implied and driver.shared.compute is None else compute_percent  # implied: no limit there
-        out.extend((driver, s) for s in _shared(catalogue, driver, demand.count, memory, memory_percent, compute, skipped))
+        out.extend(
+            (driver, s) for s in _shared(catalogue, driver, demand.count, memory, memory_percent, compute, skipped)
+        )
     pinned = _pinned(out, demand.pins, skipped)
     what = ", ".join(lv.name for lv in demand.legacy)
     if not pinned:

@@ -16,7 +16,15 @@ def test_rotated_name_appends_the_index_next_to_the_log(tmp_path: Path) -> None:
 
 
 def test_rotated_indexes_lists_only_numbered_files_of_this_log_ascending(tmp_path: Path) -> None:
-    for name in ["audit.log", "audit.log.10", "audit.log.2", "audit.log.1", "audit.log.old", "audit.log.", "other.log.3"]:
+    for name in [
+        "audit.log",
+        "audit.log.10",
+        "audit.log.2",
+        "audit.log.1",
+        "audit.log.old",
+        "audit.log.",
+        "other.log.3",
+    ]:
         (tmp_path / name).write_text("")
     (tmp_path / "audit.log.4").mkdir()  # the name is what counts, as for the writer's renames
     assert rotated_indexes(tmp_path / "audit.log") == [1, 2, 4, 10]

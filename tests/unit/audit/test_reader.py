@@ -260,7 +260,12 @@ def test_without_charged_claims_conversions_of_mutate_records_are_counted() -> N
             webhook="mutate",
             conversions=[{"summary": "8 whole devices (n)", "devices": 8, "memory": "0"}],
         ),
-        entry(5, decision="patched", webhook="mutate", conversions=["junk", {"summary": None}, {"devices": "9", "memory": "x"}, {"devices": True}]),
+        entry(
+            5,
+            decision="patched",
+            webhook="mutate",
+            conversions=["junk", {"summary": None}, {"devices": "9", "memory": "x"}, {"devices": True}],
+        ),
         patched(6, 1, "0", webhook="validate"),  # only mutate records convert
         entry(7, kind=POD, quota=[quota("devices/*", "9")]),  # a Pod preview is not a charge
     ]

@@ -10,7 +10,9 @@ from webhook.quota.cel import Activation, CelEvaluationError, compile_rule
 def test_a_value_beyond_int64_names_its_field() -> None:
     rule = compile_rule("claim.charge.memory < 10", variables=frozenset({"claim", "pod"}))
     huge = {"charge": {"memory": 2**70, "devices": {"a": 1}}}
-    with pytest.raises(CelEvaluationError, match=r"claim\.charge\.memory is 1180591620717411303424, beyond CEL's 64-bit integers"):
+    with pytest.raises(
+        CelEvaluationError, match=r"claim\.charge\.memory is 1180591620717411303424, beyond CEL's 64-bit integers"
+    ):
         rule.evaluate(Activation({"claim": huge, "pod": None}))
     assert not rule.evaluate({"claim": {"charge": {"memory": 2**63 - 1}}, "pod": None})
 

@@ -37,11 +37,30 @@ def inputs() -> list[dict[str, Any]]:
         "claim": {
             "name": "c1",
             "labels": {"team": "a"},
-            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 1}}]}},
-            "charge": {"devices": {"whole.nvidia.dra-bridge.io": 1}, "totalDevices": 1, "memory": 85899345920, "compute": 100, "claims": 1, "profiles": {}},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 1}}
+                    ]
+                }
+            },
+            "charge": {
+                "devices": {"whole.nvidia.dra-bridge.io": 1},
+                "totalDevices": 1,
+                "memory": 85899345920,
+                "compute": 100,
+                "claims": 1,
+                "profiles": {},
+            },
         },
         "pod": None,
-        "request": {"user": "alice", "groups": ["team-a"], "namespace": "t-0001", "operation": "CREATE", "kind": "ResourceClaim"},
+        "request": {
+            "user": "alice",
+            "groups": ["team-a"],
+            "namespace": "t-0001",
+            "operation": "CREATE",
+            "kind": "ResourceClaim",
+        },
         "tenant": {
             "name": "t-1",
             "usage": {"devices": {}, "totalDevices": 0, "memory": 0, "compute": 0, "claims": 3, "profiles": {}},
@@ -50,7 +69,10 @@ def inputs() -> list[dict[str, Any]]:
     }
     with_pod = {**base, "pod": {"metadata": {"name": "x", "labels": {"team": "b"}}, "spec": {"containers": [{"name": "a"}]}},
                 "request": {**base["request"], "kind": "Pod", "user": "admin", "groups": ["system:masters"]}}  # fmt: skip
-    big = {**base, "claim": {**base["claim"], "charge": {**base["claim"]["charge"], "totalDevices": 7, "devices": {"x": 7}}}}
+    big = {
+        **base,
+        "claim": {**base["claim"], "charge": {**base["claim"]["charge"], "totalDevices": 7, "devices": {"x": 7}}},
+    }
     return [base, with_pod, big]
 
 

@@ -18,7 +18,9 @@ from webhook.translate.catalogue import CatalogueIndex
 from webhook.translate.rewrite import rewrite_pod
 
 GI = 2**30
-NVIDIA_CLASS = {"gpu.nvidia.com": ("device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'",)}
+NVIDIA_CLASS = {
+    "gpu.nvidia.com": ("device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'",)
+}
 NIC_CLASS = {"nic.example.com": ("device.driver == 'nic.example.com'",)}
 
 
@@ -67,7 +69,12 @@ def pricer(
             100,
         ),
         # MIG 3g.20gb: the partition's memory and 3/7 of a GPU, or its vGPU equivalent rounded up
-        ({"nvidia.com/mig-3g.20gb": "1"}, {"partition.nvidia.dra-bridge.io": 1, "shared.hami-core.dra-bridge.io": 1}, 20 * GI, 43),
+        (
+            {"nvidia.com/mig-3g.20gb": "1"},
+            {"partition.nvidia.dra-bridge.io": 1, "shared.hami-core.dra-bridge.io": 1},
+            20 * GI,
+            43,
+        ),
         ({"google.com/tpu": "4"}, {"whole.tpu.dra-bridge.io": 4}, 0, 400),
         ({"amd.com/gpu": "1"}, {"whole.amd.dra-bridge.io": 1}, 192 * GI, 100),
     ],
@@ -84,10 +91,16 @@ HAMI = {
     "allowMultipleAllocations": True,
     "capacity": {
         "memory": {"value": "40Gi", "requestPolicy": {"validRange": {"min": "1Gi", "step": "1Gi"}}},
-        "cores": {"value": "100", "requestPolicy": {"default": "10", "validRange": {"min": "1", "max": "100", "step": "5"}}},
+        "cores": {
+            "value": "100",
+            "requestPolicy": {"default": "10", "validRange": {"min": "1", "max": "100", "step": "5"}},
+        },
     },
 }
-NVIDIA_GPU = {"attributes": {"type": {"string": "gpu"}, "uuid": {"string": "GPU-2"}}, "capacity": {"memory": {"value": "40Gi"}}}
+NVIDIA_GPU = {
+    "attributes": {"type": {"string": "gpu"}, "uuid": {"string": "GPU-2"}},
+    "capacity": {"memory": {"value": "40Gi"}},
+}
 NVIDIA_MIG = {
     "attributes": {"type": {"string": "mig"}, "profile": {"string": "1g.5gb"}},
     "capacity": {"memory": {"value": "5Gi"}},
@@ -104,30 +117,108 @@ PUBLISHED = {"hami-core-gpu.project-hami.io": [HAMI, HAMI], "gpu.nvidia.com": [N
 # -- the bypass table: (what the tenant asks, what it must at least be charged) -------------------
 BYPASSES = [
     # a capacity request on a device that cannot be shared: the allocator hands out the whole device
-    ("capacity on an exclusive device", claim("whole.nvidia.dra-bridge.io", capacity={"requests": {"memory": "1Mi"}}), 40 * GI, 100),
+    (
+        "capacity on an exclusive device",
+        claim("whole.nvidia.dra-bridge.io", capacity={"requests": {"memory": "1Mi"}}),
+        40 * GI,
+        100,
+    ),
     # a shared device with no compute request: the request policy's default (10), not 0
-    ("shared without compute", claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "1500Mi"}}), 2 * GI, 10),
+    (
+        "shared without compute",
+        claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "1500Mi"}}),
+        2 * GI,
+        10,
+    ),
     # a request between steps is rounded up by the policy
-    ("between steps", claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "1Gi", "cores": "12"}}), GI, 16),
+    (
+        "between steps",
+        claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "1Gi", "cores": "12"}}),
+        GI,
+        16,
+    ),
     # a capacity that does not parse is not a discount: the policy default (here the whole memory)
-    ("unparseable capacity", claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "lots", "cores": "5"}}), 40 * GI, 6),
+    (
+        "unparseable capacity",
+        claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "lots", "cores": "5"}}),
+        40 * GI,
+        6,
+    ),
     # the NVIDIA driver's own class, unknown to the catalogue: its devices decide
     ("the driver's own class", claim("gpu.nvidia.com", count=2), 80 * GI, 200),
     # a class nobody created (yet): the worst GPU any driver knows
     ("a class that does not exist", claim("gpu.vendor.example", count=1), 192 * GI, 100),
     # MIG profile asked through a selector written another way: the devices it selects decide
-    ("reversed profile selector", claim("partition.nvidia.dra-bridge.io", selectors=selector("'7g.40gb' == device.attributes['gpu.nvidia.com'].profile")), 40 * GI, 100),
-    ("profile with ||", claim("partition.nvidia.dra-bridge.io", selectors=selector("device.attributes['gpu.nvidia.com'].profile == '1g.5gb' || device.attributes['gpu.nvidia.com'].profile == '7g.40gb'")), 40 * GI, 100),
-    ("profile with in", claim("partition.nvidia.dra-bridge.io", selectors=selector("device.attributes['gpu.nvidia.com'].profile in ['1g.5gb', '7g.40gb']")), 40 * GI, 100),
-    ("profile by has()", claim("partition.nvidia.dra-bridge.io", selectors=selector("has(device.attributes['gpu.nvidia.com'].profile)")), 40 * GI, 100),
+    (
+        "reversed profile selector",
+        claim(
+            "partition.nvidia.dra-bridge.io",
+            selectors=selector("'7g.40gb' == device.attributes['gpu.nvidia.com'].profile"),
+        ),
+        40 * GI,
+        100,
+    ),
+    (
+        "profile with ||",
+        claim(
+            "partition.nvidia.dra-bridge.io",
+            selectors=selector(
+                "device.attributes['gpu.nvidia.com'].profile == '1g.5gb' || device.attributes['gpu.nvidia.com'].profile == '7g.40gb'"
+            ),
+        ),
+        40 * GI,
+        100,
+    ),
+    (
+        "profile with in",
+        claim(
+            "partition.nvidia.dra-bridge.io",
+            selectors=selector("device.attributes['gpu.nvidia.com'].profile in ['1g.5gb', '7g.40gb']"),
+        ),
+        40 * GI,
+        100,
+    ),
+    (
+        "profile by has()",
+        claim("partition.nvidia.dra-bridge.io", selectors=selector("has(device.attributes['gpu.nvidia.com'].profile)")),
+        40 * GI,
+        100,
+    ),
     # a selector on the device's identity: any device of the class
-    ("uuid selector", claim("shared.hami-core.dra-bridge.io", selectors=selector("device.attributes['hami-core-gpu.project-hami.io'].uuid == 'GPU-1'"), capacity={"requests": {"memory": "1Gi", "cores": "5"}}), GI, 6),
+    (
+        "uuid selector",
+        claim(
+            "shared.hami-core.dra-bridge.io",
+            selectors=selector("device.attributes['hami-core-gpu.project-hami.io'].uuid == 'GPU-1'"),
+            capacity={"requests": {"memory": "1Gi", "cores": "5"}},
+        ),
+        GI,
+        6,
+    ),
     # a selector nothing published matches: the worst known model the class selects
-    ("no published match", claim("whole.nvidia.dra-bridge.io", selectors=selector("device.attributes['gpu.nvidia.com'].productName == 'B200'")), 80 * GI, 100),
+    (
+        "no published match",
+        claim(
+            "whole.nvidia.dra-bridge.io",
+            selectors=selector("device.attributes['gpu.nvidia.com'].productName == 'B200'"),
+        ),
+        80 * GI,
+        100,
+    ),
     # allocationMode All: 32 devices
-    ("all mode", claim("whole.nvidia.dra-bridge.io", allocationMode="All"), ALL_MODE_COUNT * 40 * GI, ALL_MODE_COUNT * 100),
+    (
+        "all mode",
+        claim("whole.nvidia.dra-bridge.io", allocationMode="All"),
+        ALL_MODE_COUNT * 40 * GI,
+        ALL_MODE_COUNT * 100,
+    ),
     # a count the apiserver would refuse is never a discount
-    ("count out of range", claim("whole.nvidia.dra-bridge.io", count="2"), ALL_MODE_COUNT * 40 * GI, ALL_MODE_COUNT * 100),
+    (
+        "count out of range",
+        claim("whole.nvidia.dra-bridge.io", count="2"),
+        ALL_MODE_COUNT * 40 * GI,
+        ALL_MODE_COUNT * 100,
+    ),
 ]
 
 
@@ -172,7 +263,15 @@ def test_an_unsupported_selector_may_select_any_device_of_its_class(index: Catal
 
 
 def test_requests_add_up_and_an_empty_claim_costs_one_claim(index: CatalogueIndex) -> None:
-    two = {"devices": {"requests": [claim("whole.tpu.dra-bridge.io")["devices"]["requests"][0], {**claim("whole.tpu.dra-bridge.io", count=2)["devices"]["requests"][0], "name": "s"}, "junk"]}}
+    two = {
+        "devices": {
+            "requests": [
+                claim("whole.tpu.dra-bridge.io")["devices"]["requests"][0],
+                {**claim("whole.tpu.dra-bridge.io", count=2)["devices"]["requests"][0], "name": "s"},
+                "junk",
+            ]
+        }
+    }
     result = charge(basis(two), pricer=pricer(index))
     assert result.devices == {"whole.tpu.dra-bridge.io": 3} and result.compute == 300
     empty = charge(basis({}), pricer=pricer(index))

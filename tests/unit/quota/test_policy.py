@@ -120,6 +120,8 @@ def test_a_device_limit_by_an_unknown_kind_names_the_field_and_value() -> None:
 
     from webhook.quota.policy import Limits
 
-    with _pytest.raises(ValueError, match=r"devices\[kind:gpus\]: kind 'gpus' is not one of gpu, partition, shared, whole"):
+    with _pytest.raises(
+        ValueError, match=r"devices\[kind:gpus\]: kind 'gpus' is not one of gpu, partition, shared, whole"
+    ):
         Limits.model_validate({"devices": {"kind:gpus": 2}})
     assert Limits.model_validate({"devices": {"kind:whole": 2, "driver:gpu.*": 4}}).devices["kind:whole"] == 2

@@ -30,7 +30,11 @@ def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
 
 def test_recent_observations_are_kept_per_namespace_and_expire(index: CatalogueIndex) -> None:
     now = [1000.0]
-    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), reservation_ttl=30, wall_clock=lambda: now[0])
+    ledger = UsageLedger(
+        pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)),
+        reservation_ttl=30,
+        wall_clock=lambda: now[0],
+    )
     for i in range(1000):
         ledger.observe(f"ns-{i % 100}", f"c{i}", SPEC)
     committed, recent = ledger.committed(["ns-7"])
@@ -96,7 +100,9 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
     from webhook.quota import charge as charge_module
 
     now = [0.0]
-    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), reservation_ttl=30, clock=lambda: now[0])
+    ledger = UsageLedger(
+        pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)), reservation_ttl=30, clock=lambda: now[0]
+    )
     one = charge_module.Charge(devices={"x": 1}, claims=1)
     for i in range(5000):  # in flight elsewhere, never confirmed yet
         ledger.admit(
@@ -111,7 +117,9 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
         return original(self, other, sign)
 
     monkeypatch.setattr(charge_module.Charge, "_combine", counting)
-    ok, usage, _token = ledger.admit(namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True)
+    ok, usage, _token = ledger.admit(
+        namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True
+    )
     assert ok and usage.claims == 0
     assert additions <= 3  # the namespace's claims and reservations, and the new reservation
     monkeypatch.undo()

@@ -31,7 +31,11 @@ def catalogue_configmap(document: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "catalogue-acme", "namespace": "dra-bridge", "labels": {"dra-bridge.io/catalogue": "true"}},
+        "metadata": {
+            "name": "catalogue-acme",
+            "namespace": "dra-bridge",
+            "labels": {"dra-bridge.io/catalogue": "true"},
+        },
         "data": {"catalogue.yaml": yaml.safe_dump(document)},
     }
 
@@ -47,7 +51,9 @@ def test_a_catalogue_edit_reprices_the_claims_already_counted(tmp_path: Path) ->
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": "c1", "namespace": "team-a"},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.acme.dra-bridge.io"}}]}},
+        "spec": {
+            "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.acme.dra-bridge.io"}}]}
+        },
     }
     cluster.add_claim(claim)
     quota = runtime.admission.quota
@@ -72,29 +78,40 @@ def test_the_dev_server_takes_resource_slices_and_device_classes_from_a_folder(t
                 "apiVersion": "v1",
                 "kind": "List",  # as kubectl get -o yaml writes it
                 "items": [
-                {
-                    "apiVersion": "resource.k8s.io/v1",
-                    "kind": "ResourceSlice",
-                    "metadata": {"name": "node-1-gpu"},
-                    "spec": {"driver": "gpu.nvidia.com", "nodeName": "node-1", "pool": {"name": "node-1", "resourceSliceCount": 1, "generation": 1}, "devices": [{"name": "gpu-0", **gpu}]},
-                },
+                    {
+                        "apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSlice",
+                        "metadata": {"name": "node-1-gpu"},
+                        "spec": {
+                            "driver": "gpu.nvidia.com",
+                            "nodeName": "node-1",
+                            "pool": {"name": "node-1", "resourceSliceCount": 1, "generation": 1},
+                            "devices": [{"name": "gpu-0", **gpu}],
+                        },
+                    },
                 ],
             }
         )
     )
     cluster = dev_cluster(POLICIES, inventory)
-    runtime = build_runtime(Settings(dev=True, policies_dir=POLICIES, audit_file=str(tmp_path / "a.log")), cluster=cluster)
+    runtime = build_runtime(
+        Settings(dev=True, policies_dir=POLICIES, audit_file=str(tmp_path / "a.log")), cluster=cluster
+    )
     cluster.start()
     claim = {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": "c1", "namespace": "team-a"},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io"}}]}},
+        "spec": {
+            "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io"}}]}
+        },
     }
     cluster.add_claim(claim)
     quota = runtime.admission.quota
     assert quota is not None
     assert quota.usage(("team-a",)).memory == 141 * 2**30  # the published H200, not the catalogue's 80Gi model
     (inventory / "bad.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: document 0: kind 'ConfigMap' is neither a ResourceSlice nor a DeviceClass"):
+    with pytest.raises(
+        ValueError, match=r"bad.yaml: document 0: kind 'ConfigMap' is neither a ResourceSlice nor a DeviceClass"
+    ):
         dev_cluster(POLICIES, inventory)

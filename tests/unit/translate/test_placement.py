@@ -36,7 +36,17 @@ def expr(key: str, operator: str, *values: str) -> dict[str, Any]:
         (affinity(expr("gpus", "Gt", "4")), True),
         (affinity(expr("gpus", "Lt", "4")), False),
         (affinity(expr("pool", "In", "h100"), expr("zone", "In", "z1")), True),  # terms are OR-ed
-        (affinity({"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a100"]}, {"key": "zone", "operator": "In", "values": ["z2"]}]}), False),
+        (
+            affinity(
+                {
+                    "matchExpressions": [
+                        {"key": "pool", "operator": "In", "values": ["a100"]},
+                        {"key": "zone", "operator": "In", "values": ["z2"]},
+                    ]
+                }
+            ),
+            False,
+        ),
         (affinity({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}), True),
         (affinity({}), False),  # an empty term matches no node
         (affinity(expr("pool", "Bogus", "a100")), False),

@@ -514,7 +514,9 @@ def pinned_selectors(template: dict[str, Any]) -> dict[str, list[str]]:
 
 def test_hami_gputype_pins_every_alternative_to_the_model(index: CatalogueIndex) -> None:
     template = convert_one(
-        index, {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096"}, annotations={"nvidia.com/use-gputype": "A100, h100"}
+        index,
+        {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4096"},
+        annotations={"nvidia.com/use-gputype": "A100, h100"},
     )
     for device_class, selectors in pinned_selectors(template).items():
         domain, attribute = {
@@ -553,7 +555,9 @@ def test_pins_select_the_right_devices(index: CatalogueIndex) -> None:
 
     obj = pod(container("main", limits={"nvidia.com/gpu": "1"}), annotations={"nvidia.com/use-gputype": "a100"})
     obj["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    selectors = pinned_selectors(rewrite_pod(obj, index=index, namespace="ns").templates[0])["whole.nvidia.dra-bridge.io"]
+    selectors = pinned_selectors(rewrite_pod(obj, index=index, namespace="ns").templates[0])[
+        "whole.nvidia.dra-bridge.io"
+    ]
 
     def gpu(product: str | None) -> Any:
         attributes: dict[str, Any] = {"type": "gpu"}
