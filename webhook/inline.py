@@ -22,6 +22,17 @@ class WouldBlock(Exception):
     """The decision needs cluster I/O; run it where blocking is allowed."""
 
 
+class DecidedElsewhere(Exception):
+    """Another replica decides this request: the one that owns its tenant's quota (``peer``, at
+    ``address``). The HTTP layer sends it the review and answers with its answer; when that replica
+    cannot be reached, the request is decided here after all, with forwarding off."""
+
+    def __init__(self, peer: str, address: str, why: str) -> None:
+        super().__init__(f"decided by replica {peer} ({address}): {why}")
+        self.peer = peer
+        self.address = address
+
+
 def may_block(what: str) -> None:
     """Declare blocking I/O (``what``, e.g. ``"GET /apis/..."``) about to happen on the current thread."""
     if _inline.get():
@@ -36,6 +47,26 @@ def deciding_inline() -> Iterator[None]:
         yield
     finally:
         _inline.reset(token)
+
+
+# Whether this request may be handed to another replica (``DecidedElsewhere``): on while a replica
+# that can forward decides a review that no other replica forwarded to it; off otherwise, so a
+# forwarded review is decided where it lands and never travels twice.
+_forwardable: contextvars.ContextVar[bool] = contextvars.ContextVar("dra_bridge_forwardable", default=False)
+
+
+@contextlib.contextmanager
+def forwarding(allowed: bool) -> Iterator[None]:
+    token = _forwardable.set(allowed)
+    try:
+        yield
+    finally:
+        _forwardable.reset(token)
+
+
+def forwardable() -> bool:
+    """Whether the current request may be decided by another replica."""
+    return _forwardable.get()
 
 
 # The moment the apiserver stops waiting for this answer (time.monotonic), when the request said so

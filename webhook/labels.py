@@ -33,3 +33,9 @@ CATALOGUE_KEY = "catalogue.yaml"
 # Quota coordination Leases (one per tenant).
 TENANT_ANNOTATION = "dra-bridge.io/tenant"
 INFLIGHT_ANNOTATION = "dra-bridge.io/in-flight"  # per replica: its admitted, not yet stored charges
+
+# Replica membership Leases (one per replica): who is alive and where its peers reach it.
+REPLICA_LABEL = "dra-bridge.io/replica-membership"
+REPLICA_ANNOTATION = "dra-bridge.io/replica"
+ADDRESS_ANNOTATION = "dra-bridge.io/peer-address"
+FORWARDED_HEADER = "X-Dra-Bridge-Forwarded-By"  # a review one replica sent the replica that decides it

@@ -218,7 +218,11 @@ def test_namespace_enforces_the_restricted_pod_security_standard(docs: Docs) -> 
 def test_env_names_and_values_are_settings(docs: Docs) -> None:
     env = webhook_container(docs)["env"]
     values: dict[str, Any] = {}
+    pod_ip = "10.244.1.7"
     for var in env:
+        if var["name"] == "POD_IP":  # only to build the peer address from
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+            continue
         assert var["name"].startswith("DRA_BRIDGE_"), var["name"]
         field = var["name"].removeprefix("DRA_BRIDGE_").lower()
         assert field in Settings.model_fields, f"{var['name']} is not a setting of webhook/serving/settings.py"
@@ -227,11 +231,12 @@ def test_env_names_and_values_are_settings(docs: Docs) -> None:
             assert var["valueFrom"] == {"fieldRef": {"fieldPath": downward[field]}}
             values[field] = NAMESPACE if field == "namespace" else "dra-bridge-7d9f-abcde"
         else:
-            values[field] = var["value"]
+            values[field] = var["value"].replace("$(POD_IP)", pod_ip)  # as the kubelet expands it
     settings = Settings(**values)  # the values parse
     assert settings.port == 8443
     assert settings.namespace == NAMESPACE
     assert settings.quota_coordination == "lease"  # two replicas: exact quota needs the shared Lease
+    assert settings.peer_address == f"https://{pod_ip}:{settings.port}"  # each tenant decided by one replica
     assert settings.audit_file.startswith("/var/log/dra-bridge/")
 
 

@@ -57,7 +57,7 @@ from webhook.admission.decision import Decision
 from webhook.admission.review import AdmissionRequest
 from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.errors import AuditWriteError, BridgeError, failure_of
-from webhook.inline import WouldBlock
+from webhook.inline import DecidedElsewhere, WouldBlock
 from webhook.quota.figure import QuotaFigure
 from webhook.translate.rewrite import Conversion
 
@@ -308,8 +308,8 @@ class AuditLog:
             started = time.perf_counter()
             try:
                 decision = handler(request)
-            except WouldBlock:
-                raise  # not a decision: it is made again where it may block, and recorded there
+            except (WouldBlock, DecidedElsewhere):
+                raise  # not a decision: it is made again where it may block, or by its owner, and recorded there
             except Exception as err:
                 self.record_error(webhook, request, time.perf_counter() - started, err)
                 raise

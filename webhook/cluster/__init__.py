@@ -79,6 +79,9 @@ class ClusterPort(Protocol):
     def get_lease(self, name: str) -> dict[str, Any] | None:
         """A coordination.k8s.io/v1 Lease in the webhook's namespace, read fresh (never cached)."""
 
+    def list_leases(self, label: str) -> list[dict[str, Any]]:
+        """Every Lease in the webhook's namespace that carries the label ``label``, read fresh."""
+
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """Create the Lease (no resourceVersion) or replace it conditionally on its
         ``metadata.resourceVersion``; raises ``Conflict`` when someone else wrote it first."""

@@ -99,7 +99,7 @@ CLUSTER_ACCESS: dict[tuple[str, str], frozenset[str]] = {
 # In the webhook's own namespace only.
 NAMESPACE_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("", "configmaps"): frozenset({"list", "watch"}),
-    ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
+    ("coordination.k8s.io", "leases"): frozenset({"get", "list", "create", "update"}),
 }
 # ``dra-bridge report --cluster`` also lists the workloads, and for its fleet section the Nodes,
 # ResourceSlices and ResourceClaims in full (for whoever runs it, not the webhook).
@@ -441,6 +441,12 @@ class KubeCluster:
             if err.status == 404:
                 return None
             raise
+
+    def list_leases(self, label: str) -> list[dict[str, Any]]:
+        found = self._transport.request(
+            "GET", _lease_path(self.namespace), query=[("labelSelector", label), ("limit", "500")], timeout=LIST_TIMEOUT
+        )
+        return [without_managed_fields(item) for item in found.get("items") or []]
 
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """POST without a resourceVersion, else PUT conditional on it; losing either race is ``Conflict``."""

@@ -203,6 +203,14 @@ class InMemoryCluster:
             found = self._leases.get(name)
             return copy.deepcopy(found) if found is not None else None
 
+    def list_leases(self, label: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                copy.deepcopy(lease)
+                for lease in self._leases.values()
+                if label in (lease["metadata"].get("labels") or {})
+            ]
+
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         name = lease["metadata"]["name"]
         expected = lease["metadata"].get("resourceVersion")

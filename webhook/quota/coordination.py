@@ -24,6 +24,11 @@ an error the webhook's failurePolicy decides: never an unchecked allow, never an
 groups expire after the TTL, so the charge of a claim that never appeared (refused by a later
 admission step, timed out) returns by itself; a deleted claim leaves the watch cache at once.
 A dry-run admission reads but never writes.
+
+With two or more replicas, each tenant has one owner (``webhook.quota.replicas``): a reserving
+admission that reaches another replica is handed to the owner (``DecidedElsewhere``) when the
+request allows it, so one replica writes each Lease and its copy stays current. The Lease still
+serialises whoever writes it: ownership saves conflicts, it is not what keeps the totals exact.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from typing import Any
 
 from webhook.cluster import ClusterPort, Conflict
 from webhook.errors import ClusterError
-from webhook.inline import deadline, may_block
+from webhook.inline import DecidedElsewhere, deadline, forwardable, may_block
 from webhook.labels import INFLIGHT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, TENANT_ANNOTATION
 from webhook.quota.charge import ZERO, Charge
+from webhook.quota.replicas import Member
 from webhook.quota.usage import Observation, UsageLedger
 
 MAX_GROUPS = 64  # per replica in one Lease: a bound on its size whatever the variety of shapes in flight
@@ -103,8 +109,10 @@ class LeaseCoordinator:
         wait: float = 2.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        owner: Callable[[str], Member | None] | None = None,
     ) -> None:
         self._cluster = cluster
+        self._owner = owner  # the replica that decides a tenant, None for this one
         self._ledger = ledger
         self._namespace = namespace
         self._replica = replica
@@ -135,6 +143,10 @@ class LeaseCoordinator:
         reserve: bool,
         name: str = "",
     ) -> tuple[bool, Charge]:
+        if reserve and self._owner is not None and forwardable():
+            owner = self._owner(tenant)
+            if owner is not None:
+                raise DecidedElsewhere(owner.replica, owner.address, f"it decides the quota of tenant {tenant}")
         may_block(f"GET and PUT the quota Lease of tenant {tenant}")  # before queueing: inline runs leave here
         now = self._monotonic()
         limit = now + self._wait

@@ -33,6 +33,7 @@ from webhook.quota.policy import (
     build_policy_set,
     parse_policy_document,
 )
+from webhook.quota.replicas import Replicas
 from webhook.quota.usage import UsageLedger
 from webhook.translate.catalogue import Catalogue
 
@@ -139,8 +140,10 @@ class QuotaEnforcer:
         namespace: str = "dra-bridge",
         replica: str = "local",
         inventory: Inventory | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._cluster = cluster
+        self.replicas = replicas  # with a Lease: the replica that decides each tenant
         self._catalogue = catalogue
         self.inventory = inventory or Inventory()
         self.inventory.set_models(self._models())
@@ -155,7 +158,13 @@ class QuotaEnforcer:
         self._tenant_namespaces: dict[str, tuple[str, ...]] = {}
         self.coordinator = (
             LeaseCoordinator(
-                cluster, self.ledger, namespace=namespace, replica=replica, ttl=reservation_ttl, wait=coordination_wait
+                cluster,
+                self.ledger,
+                namespace=namespace,
+                replica=replica,
+                ttl=reservation_ttl,
+                wait=coordination_wait,
+                owner=replicas.owner if replicas is not None else None,
             )
             if coordination == "lease"
             else None

@@ -6,7 +6,9 @@ and the value, so the core can rely on shapes), echoes the uid,
 times the decision and counts it. The audit record is written by the handler (``AuditLog.audited``)
 before the decision comes back here, so an unrecordable decision is answered with 500; a request
 answered here without a decision (400, 413, 503) is recorded here (``AuditLog.record_rejection``),
-with the uid when the body shows one. Every answered review has exactly one record. A malformed request gets 400
+with the uid when the body shows one. Every answered review has exactly one record: a review handed to
+the replica that owns its tenant's quota (``webhook.serving.peers``) is recorded there, and its answer
+relayed as it came. A malformed request gets 400
 with a message that names what is wrong; an internal failure gets 500 so the cluster's
 failurePolicy decides; user input never causes a 500.
 """
@@ -33,8 +35,10 @@ from webhook.admission.review import AdmissionRequest, AdmissionReview, review_r
 from webhook.admission.shapes import check_object, parse_body, shown
 from webhook.audit.log import AuditLog
 from webhook.errors import AuditWriteError, MalformedReview, NotReady, failure_of
-from webhook.inline import WouldBlock, answering_by, deciding_inline
+from webhook.inline import DecidedElsewhere, WouldBlock, answering_by, deciding_inline, forwarding
+from webhook.labels import FORWARDED_HEADER
 from webhook.serving.metrics import Metrics
+from webhook.serving.peers import Forwarder
 
 log = logging.getLogger("dra_bridge.http")
 
@@ -91,6 +95,7 @@ def create_app(
     lag: LoopLag | None = None,
     audit: AuditLog | None = None,
     inline_max_bytes: int | None = 256 * 1024,
+    forwarder: Forwarder | None = None,
 ) -> FastAPI:
     # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
     # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
@@ -117,6 +122,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             executor.shutdown(wait=False)
+            if forwarder is not None:
+                await forwarder.close()
 
     app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -170,9 +177,22 @@ def create_app(
         except _BadRequest as bad:
             return rejected(webhook, bad, started)
         answer_by = _deadline(request, time.monotonic())
+        # A review forwarded by another replica is decided here, whoever this replica thinks owns it.
+        forwarded = FORWARDED_HEADER in request.headers
+        if forwarded:
+            metrics.forwards.inc(webhook, "received")
         try:
-            with answering_by(answer_by):
-                decision = await decide(webhook, handler, admission_request, len(body))
+            try:
+                with answering_by(answer_by), forwarding(forwarder is not None and not forwarded):
+                    decision = await decide(webhook, handler, admission_request, len(body))
+            except DecidedElsewhere as moved:
+                assert forwarder is not None  # only raised where forwarding is on
+                answer, outcome = await forwarder.forward(moved, request.url.path, body, answer_by)
+                metrics.forwards.inc(webhook, outcome)
+                if answer is not None:
+                    return Response(answer, media_type="application/json")
+                with answering_by(answer_by):  # the owner did not answer: decided here after all
+                    decision = await decide(webhook, handler, admission_request, len(body))
         except Exception as err:
             failure = failure_of(err)
             if isinstance(err, MalformedReview):

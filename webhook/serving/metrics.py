@@ -128,6 +128,12 @@ class Metrics:
         self.templates_collected = Counter(
             "dra_bridge_templates_collected_total", "Unreferenced managed templates deleted."
         )
+        self.forwards = Counter(
+            "dra_bridge_quota_forwards_total",
+            "Reviews handed to the replica that owns their tenant's quota, by outcome (answered; "
+            "unreachable, status-<code> or no-time: decided here instead), and those received from one.",
+            ("webhook", "outcome"),
+        )
         self.rejected_requests = Counter(
             "dra_bridge_rejected_http_requests_total", "HTTP requests refused before admission, by reason.", ("reason",)
         )

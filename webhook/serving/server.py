@@ -2,7 +2,8 @@
 
 ``build_runtime`` assembles the parts (tests use it without a socket); ``serve`` runs uvicorn with
 the production settings: TLS 1.2+, certificate reload without restart, graceful drain on SIGTERM,
-template garbage collection in the background.
+template garbage collection in the background. With a peer address (and the Lease coordination),
+a replica keeps its membership Lease and hands the reviews of tenants another replica owns to it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from webhook.certs.files import ensure_dev_certs
 from webhook.cluster import ClusterPort
 from webhook.cluster.memory import InMemoryCluster
 from webhook.quota.enforcement import QuotaEnforcer
+from webhook.quota.replicas import Replicas
 from webhook.serving.collector import settle
 from webhook.serving.guard import Limits, Stage, guarded_protocol
 from webhook.serving.http import create_app
 from webhook.serving.metrics import Metrics, collect_certificate, collect_quota
+from webhook.serving.peers import Forwarder, peer_context
 from webhook.serving.settings import Settings
 from webhook.serving.tls import CertificateReloader, server_ssl_context
 from webhook.translate.catalogue import load_catalogue
@@ -62,6 +65,7 @@ class Runtime:
     catalogue: CatalogueStore
     quota: QuotaEnforcer
     audit: AuditLog
+    replicas: Replicas | None = None  # set where tenants are shared out among replicas
 
 
 def policy_files(policies_dir: Path) -> list[Path]:
@@ -82,6 +86,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         else:
             cluster = dev_cluster(settings.policies_dir, settings.inventory_dir)
     metrics = Metrics()
+    replicas, forwarder = _sharing(settings, cluster)
     quota = QuotaEnforcer(
         cluster=cluster,
         catalogue=lambda: catalogue.index.catalogue,
@@ -91,6 +96,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         coordination="local" if settings.dev else settings.quota_coordination,
         namespace=settings.namespace,
         replica=settings.replica,
+        replicas=replicas,
     )
     quota.attach()
     catalogue.subscribe(quota.catalogue_changed)
@@ -153,6 +159,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         shed_after=settings.shed_after_seconds or None,
         audit=audit,
         inline_max_bytes=settings.inline_max_bytes,
+        forwarder=forwarder,
     )
     return Runtime(
         settings=settings,
@@ -163,7 +170,35 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         catalogue=catalogue,
         quota=quota,
         audit=audit,
+        replicas=replicas,
     )
+
+
+def _sharing(settings: Settings, cluster: ClusterPort) -> tuple[Replicas | None, Forwarder | None]:
+    """Membership and forwarding, where each tenant is to be decided by one replica: the Lease
+    coordination, a peer address, and (when clients must present certificates) one to present."""
+    if settings.dev or settings.quota_coordination != "lease" or not settings.peer_address:
+        return None, None
+    if settings.client_ca_file is not None and settings.peer_client_cert_file is None:
+        log.warning(
+            "DRA_BRIDGE_PEER_ADDRESS is set but DRA_BRIDGE_CLIENT_CA_FILE requires client certificates and "
+            "DRA_BRIDGE_PEER_CLIENT_CERT_FILE is not set: every replica decides what reaches it"
+        )
+        return None, None
+    replicas = Replicas(
+        cluster, replica=settings.replica, address=settings.peer_address, duration=settings.replica_lease_seconds
+    )
+    context, server_name = peer_context(
+        settings.cert_dir, client_cert=settings.peer_client_cert_file, client_key=settings.peer_client_key_file
+    )
+    forwarder = Forwarder(
+        replica=settings.replica,
+        context=context,
+        server_name=server_name,
+        unreachable=replicas.unreachable,
+        timeout=settings.peer_timeout_seconds,
+    )
+    return replicas, forwarder
 
 
 def dev_cluster(policies_dir: Path, inventory_dir: Path | None = None) -> InMemoryCluster:
@@ -297,10 +332,15 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
     ]
     if runtime.settings.gc_settle_interval_seconds > 0:
         tasks.append(asyncio.create_task(_settle_collector(runtime, stop)))
+    if runtime.replicas is not None:
+        tasks.append(asyncio.create_task(_keep_membership(runtime.replicas, stop)))
     try:
         await server.serve()
     finally:
         stop.set()
+        if runtime.replicas is not None:
+            with contextlib.suppress(Exception):  # its Lease then expires on its own
+                await asyncio.to_thread(runtime.replicas.leave)
         runtime.cluster.stop()
         runtime.audit.close()
         for task in tasks:
@@ -335,6 +375,16 @@ async def _settle_collector(runtime: Runtime, stop: asyncio.Event, poll: float =
         runtime.metrics.gc_frozen.set(value=float(frozen))
         log.info("garbage collector: collected and froze %d long-lived objects in %.1f ms", frozen, paused * 1000)
         await _stopped_within(stop, runtime.settings.gc_settle_interval_seconds)
+
+
+async def _keep_membership(replicas: Replicas, stop: asyncio.Event) -> None:
+    """Renew this replica's membership Lease and read the others', every third of its duration."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(replicas.renew)
+        except Exception as err:  # the others drop this replica when its Lease runs out: tenants move
+            log.warning("replica membership not renewed (%s); retrying in %.0fs", err, replicas.interval)
+        await _stopped_within(stop, replicas.interval)
 
 
 async def _collect_templates(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"  # the checkout's (webhook/serving/ -> root)
@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     # failurePolicy decides; never longer than the request's own timeout.
     quota_coordination_wait_seconds: float = Field(default=2.0, gt=0)
     replica: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
+    # Where the other replicas reach this one (https://<pod IP>:<port>). Set, each tenant's reserving
+    # admissions are decided by one replica (webhook/quota/replicas.py), the others forward them;
+    # empty, every replica decides what reaches it (still exact through the Lease, with more conflicts).
+    peer_address: str = ""
+    # A replica that forwards and servers that verify client certificates (client_ca_file): the
+    # certificate and key it presents to its peers. Without one there, reviews are not forwarded.
+    peer_client_cert_file: Path | None = None
+    peer_client_key_file: Path | None = None
+    # At most this long (and half the apiserver's remaining wait) for the owning replica's answer.
+    peer_timeout_seconds: float = Field(default=1.0, gt=0)
+    replica_lease_seconds: float = Field(default=15.0, ge=3)
     leave_native_extended_resources: bool = True
     require_conversion: bool = True
     # Who may move a namespace between tenants (change the labels that decide its tenant).
@@ -75,3 +86,17 @@ class Settings(BaseSettings):
     # over inline_max_bytes are decided on a thread, so the event loop keeps answering small reviews.
     max_pod_containers: int = Field(default=500, ge=1)
     inline_max_bytes: int = Field(default=256 * 1024, ge=0)
+
+    @field_validator("peer_address")
+    @classmethod
+    def _peer_url(cls, value: str) -> str:
+        """``https://host:port``; an IPv6 address (what ``status.podIP`` is on an IPv6 cluster) gets its brackets."""
+        if not value:
+            return value
+        scheme, sep, rest = value.partition("://")
+        host, colon, port = rest.rstrip("/").rpartition(":")
+        if scheme != "https" or not sep or not colon or not host or not port.isdigit() or "/" in rest.rstrip("/"):
+            raise ValueError(f"peer_address {value!r}: expected https://<host or IP>:<port>")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"https://{host}:{port}"

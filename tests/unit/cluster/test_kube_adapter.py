@@ -31,6 +31,7 @@ from webhook.cluster.informer import (
 )
 from webhook.cluster.kube import RESOURCE_API, WORKLOAD_PATHS, KubeCluster
 from webhook.errors import ClusterError
+from webhook.labels import REPLICA_LABEL
 
 Event = tuple[str, dict[str, Any]]
 
@@ -130,8 +131,13 @@ class FakeTransport:
     def _page(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         items = self.collections[path]
         if "labelSelector" in params:
-            key, _, value = params["labelSelector"].partition("=")
-            items = [i for i in items if (i["metadata"].get("labels") or {}).get(key) == value]
+            key, equals, value = params["labelSelector"].partition("=")
+            items = [
+                i
+                for i in items
+                if (i["metadata"].get("labels") or {}).get(key) == value
+                or (not equals and key in (i["metadata"].get("labels") or {}))  # an existence selector
+            ]
         start = int(params.get("continue") or 0)
         if start and self.expire_continue:
             raise APIError(410, "Expired", "continue token expired")
@@ -740,6 +746,23 @@ def test_losing_a_lease_race_is_a_conflict(method: str, status: int) -> None:
         cluster.put_lease(lease("3" if method == "PUT" else None))
 
 
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/dra-bridge/leases"
+
+
+def test_list_leases_selects_by_label_in_the_webhook_namespace_without_managed_fields() -> None:
+    transport = FakeTransport()
+    transport.collections[LEASES] = [
+        obj("m-1", metadata={"labels": {REPLICA_LABEL: "true"}}),
+        obj("other"),
+        obj("m-2", metadata={"labels": {REPLICA_LABEL: "true"}}),
+    ]
+    cluster = cluster_with(transport)
+    found = cluster.list_leases(REPLICA_LABEL)
+    assert [lease["metadata"]["name"] for lease in found] == ["m-1", "m-2"]
+    assert all("managedFields" not in lease["metadata"] for lease in found)
+    assert transport.calls[-1][:3] == ("GET", LEASES, {"labelSelector": REPLICA_LABEL, "limit": "500"})
+
+
 def test_list_workloads_streams_every_kind_with_its_kind_set() -> None:
     transport = FakeTransport()
     for path in WORKLOAD_PATHS:
@@ -794,6 +817,8 @@ def test_every_call_the_adapter_makes_is_in_its_declared_access() -> None:
     cluster.get_lease("q")
     cluster.put_lease(lease())
     cluster.put_lease(lease("1"))
+    transport.collections[LEASES] = []
+    cluster.list_leases(REPLICA_LABEL)
     webhook_calls = {rbac_view(m, p) for m, p, _, _ in transport.calls} | {
         rbac_view("GET", p, watch=True) for p in watched
     }

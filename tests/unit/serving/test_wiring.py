@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,22 @@ def test_the_dev_server_takes_resource_slices_and_device_classes_from_a_folder(t
         ValueError, match=r"bad.yaml: document 0: kind 'ConfigMap' is neither a ResourceSlice nor a DeviceClass"
     ):
         dev_cluster(POLICIES, inventory)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("https://10.0.0.1:8443", "https://10.0.0.1:8443"),
+        ("https://fd00::1:8443", "https://[fd00::1]:8443"),  # status.podIP on an IPv6 cluster
+        ("https://[fd00::1]:8443/", "https://[fd00::1]:8443"),
+        ("", ""),
+    ],
+)
+def test_the_peer_address_is_a_url_the_peers_can_use(given: str, kept: str) -> None:
+    assert Settings(peer_address=given).peer_address == kept
+
+
+@pytest.mark.parametrize("bad", ["http://10.0.0.1:8443", "https://10.0.0.1", "10.0.0.1:8443", "https://x:1/validate"])
+def test_a_peer_address_that_is_no_https_host_and_port_is_refused_naming_it(bad: str) -> None:
+    with pytest.raises(ValueError, match=f"peer_address '{re.escape(bad)}': expected https://<host or IP>:<port>"):
+        Settings(peer_address=bad)
