@@ -146,8 +146,18 @@ class RoundRobinProxy:
 class ReplicaPair:
     """Two ``serve`` processes sharing one certificate, behind a ``RoundRobinProxy``."""
 
-    def __init__(self, kube: Kube, work_dir: Path, *, names: tuple[str, str] = ("replica-a", "replica-b")) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        work_dir: Path,
+        *,
+        names: tuple[str, str] = ("replica-a", "replica-b"),
+        forwarding: bool = True,
+    ) -> None:
+        """``forwarding``: each replica gets a peer address, so each tenant is decided by one of them
+        (the deploy default); without, both decide what reaches them and meet at the Lease."""
         self.kube = kube
+        self.forwarding = forwarding
         self.servers: dict[str, BridgeServer] = {}
         first: BridgeServer | None = None
         for name in names:
@@ -158,6 +168,8 @@ class ReplicaPair:
                 "DRA_BRIDGE_AUDIT_FILE": str(work_dir / name / "audit.log"),
             }
             server = BridgeServer(work_dir=work_dir / name, kubeconfig=kube.kubeconfig, env=env, tls_from=first)
+            if forwarding:
+                server.env["DRA_BRIDGE_PEER_ADDRESS"] = server.url
             first = first or server
             self.servers[name] = server
         self.proxy = RoundRobinProxy([s.port for s in self.servers.values()])
@@ -187,6 +199,26 @@ class ReplicaPair:
     def wait_policy(self, timeout: float = 30.0) -> None:
         for name, server in self.servers.items():
             wait_for(lambda s=server: f"{POLICY}@" in s.get("/readyz")[1], timeout, what=f"{name} to load the policy")
+        if self.forwarding:  # and each knows the other: until then, each decides every tenant itself
+            for name, server in self.servers.items():
+                wait_for(
+                    lambda s=server: "\ndra_bridge_replicas 2\n" in s.get("/metrics")[1],
+                    timeout,
+                    what=f"{name} to see both replicas",
+                )
+
+    def forwards(self) -> dict[str, dict[str, float]]:
+        """Per live replica: reviews it forwarded by outcome, and those it received (``received``)."""
+        out: dict[str, dict[str, float]] = {}
+        for name, server in self.servers.items():
+            if server.proc is None or server.proc.poll() is not None:
+                continue
+            status, text = server.get("/metrics")
+            for line in text.splitlines() if status == 200 else ():
+                m = _FORWARDS.match(line)
+                if m:
+                    out.setdefault(name, {})[m.group(1)] = out.get(name, {}).get(m.group(1), 0.0) + float(m.group(2))
+        return out
 
 
 @contextlib.contextmanager
@@ -471,6 +503,7 @@ def decision_buckets(pair: ReplicaPair, webhook: str = "validate") -> dict[float
     return out
 
 
+_FORWARDS = re.compile(r'^dra_bridge_quota_forwards_total\{webhook="\w+",outcome="([\w-]+)"\} (\S+)$')
 _LEASE_OPS = re.compile(r'^dra_bridge_quota_lease_operations_total\{operation="(\w+)"\} (\S+)$')
 
 

@@ -19,6 +19,7 @@ from tests.e2e.replicas import (
     TENANT_LABEL,
     ReplicaPair,
     kill_stream,
+    lease_operations,
     load,
     namespaces_ready,
     race,
@@ -51,13 +52,24 @@ def test_claims_of_one_tenant_from_eight_clients_all_pass_and_usage_recounts(
     pair: ReplicaPair, kube: Kube, observations: dict[str, Any]
 ) -> None:
     ns = tenant_namespace(kube, "rp-load")
+    before = lease_operations(pair)
     result = load(pair, ns, "rp-load", claims=300, rate=0, clients=8, prefix="c")
+    writes = {
+        name: ops.get("writes", 0.0) - before.get(name, {}).get("writes", 0.0)
+        for name, ops in lease_operations(pair).items()
+    }
     observations["replicas load"] = {k: result[k] for k in ("created", "failed", "rate", "latency_ms", "lease")}
     assert result["failed"] == 0, result["failures"]
     assert result["lease"]["samples"] > 0
     # A handful of groups (two replicas, one shape): never a list that grows with the claims.
     assert result["lease"]["bytes_max"] < 2048, result["lease"]
     assert sum(pair.proxy.accepted.values()) >= 2 and len(pair.proxy.accepted) == 2, pair.proxy.accepted
+    # One replica decides the tenant: the other hands its half over, and only the owner writes the Lease.
+    forwards = pair.forwards()
+    observations["replicas load forwards"] = {"forwards": forwards, "lease writes": writes}
+    assert sorted(v.get("answered", 0) > 0 for v in forwards.values()) == [False, True], forwards
+    assert sorted(v.get("received", 0) > 0 for v in forwards.values()) == [False, True], forwards
+    assert sorted(w > 0 for w in writes.values()) == [False, True], writes
     usage = recount(pair, "rp-load", [ns])
     assert usage["equal"] and usage["expected"] == 300, usage
 

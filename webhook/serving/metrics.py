@@ -182,6 +182,10 @@ class Metrics:
             "A tenant's limit per dimension, in the units of dra_bridge_quota_usage.",
             ("tenant", "dimension"),
         )
+        self.replicas = Gauge(
+            "dra_bridge_replicas",
+            "Replicas sharing out the tenants' quota decisions that this one knows alive (itself included).",
+        )
         self.quota_lease = Gauge(
             "dra_bridge_quota_lease_operations_total",
             "Quota coordination through the tenants' Leases since start: batches decided, Lease reads, "

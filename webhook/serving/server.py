@@ -131,6 +131,8 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         metrics.policy_reloads.set("ok", value=float(quota.policies.reloads_ok))
         metrics.policy_reloads.set("failed", value=float(quota.policies.reloads_failed))
         metrics.claims_cached.set(value=float(quota.ledger.claim_count))
+        if replicas is not None:
+            metrics.replicas.set(value=float(len({m.replica for m in replicas.members()} | {replicas.replica})))
         if quota.coordinator is not None:
             for operation in ("batches", "reads", "writes", "conflicts"):
                 metrics.quota_lease.set(operation, value=float(getattr(quota.coordinator, operation)))
