@@ -11,6 +11,8 @@ replicas' ``dra_bridge_quota_usage`` gauges against the claims the apiserver lis
 
 1. ``paced``: --claims ResourceClaims of one tenant POSTed to the apiserver at --rate per second
    (open model, up to --clients connections); latency from each request's scheduled send time;
+   ``paced-forwarded``: the same with the proxy sending everything to the replica that does not own
+   the tenant, so every claim is handed over (each phase reports ``decided_by`` and ``forwards``);
 2. ``back-to-back``: --claims more from --clients clients, each sending its next when answered;
    during both the coordination Lease's annotation is sampled every 250 ms;
 3. ``race``: a tenant filled to its limit less 4, then --racers claims at once: exactly 4 admitted;
@@ -53,6 +55,7 @@ from tests.e2e.replicas import (  # noqa: E402
     LeaseSampler,
     ReplicaPair,
     claims_path,
+    decided_by,
     decision_buckets,
     kill_stream,
     lease_operations,
@@ -65,6 +68,7 @@ from tests.e2e.replicas import (  # noqa: E402
     webhook_buckets,
     webhook_view,
 )
+from webhook.quota.replicas import owner_among  # noqa: E402
 
 CPUS = os.cpu_count() or 1
 LIMITS = {"rp-load": 1_000_000, "rp-race": 50, "rp-kill": 1_000_000, "rp-pods": 1_000_000}
@@ -86,10 +90,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--phases",
-        default="paced,back-to-back,race,kill-claims,kill-pods",
+        default="paced,paced-forwarded,back-to-back,race,kill-claims,kill-pods",
         help="comma-separated subset of the phases, in their order (default: all)",
     )
     p.add_argument("--skip-pods", action="store_true", help="no kill phase with Pods")
+    p.add_argument(
+        "--no-forwarding",
+        action="store_true",
+        help="no peer addresses: each replica decides what reaches it, both write the Lease (the design before)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "replicas.json")
     p.add_argument("--work-dir", type=Path, help="keep the control plane's and the replicas' files here")
     return p.parse_args(argv)
@@ -164,13 +173,15 @@ class Phases:
 
     def run(self, name: str, fn: Any) -> dict[str, Any]:
         log(f"phase {name}")
-        ops = lease_operations(self.pair)
+        ops, sent, decided = lease_operations(self.pair), self.pair.forwards(), decided_by(self.pair)
         before, started = self.meter.snapshot(), time.monotonic()
         result: dict[str, Any] = fn()
         wall = time.monotonic() - started
         cpu = CpuMeter.delta(before, self.meter.snapshot())
         after = lease_operations(self.pair)
         result["lease_operations"] = operations_between(ops, after)
+        result["forwards"] = operations_between(sent, self.pair.forwards())
+        result["decided_by"] = operations_between(decided, decided_by(self.pair))
         result["cpu_seconds"] = {k: round(v, 1) for k, v in sorted(cpu.items())}
         result["other_share"] = round(cpu["other"] / (wall * CPUS), 3) if wall else None
         self.results[name] = result
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         kube = Kube(cp)
         kube.kubectl("apply", "--server-side", "-f", str(DEVICECLASSES))
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BRIDGE_NAMESPACE}})
-        pair = ReplicaPair(kube, work_dir / "replicas")
+        pair = ReplicaPair(kube, work_dir / "replicas", forwarding=not args.no_forwarding)
         pair.start()
         pair.register()
         kube.apply(policy_configmap(LIMITS))
@@ -227,6 +238,21 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         half = args.kill_seconds / 2
+        # The replica that does not decide rp-load: every claim sent through it is handed over.
+        other = next(n for n in p.servers if n != owner_among("rp-load", list(p.servers)))
+
+        def through(replica: str, fn: Any) -> Any:
+            def run() -> dict[str, Any]:
+                backends, p.proxy.backends = p.proxy.backends, [p.servers[replica].port]
+                time.sleep(6)  # the apiserver's idle connections to the other replica close (keep-alive 5 s)
+                try:
+                    result: dict[str, Any] = fn()
+                    result["through"] = replica
+                    return result
+                finally:
+                    p.proxy.backends = backends
+
+            return run
 
         def killed(kind: str, namespace: str, victim: str, prefix: str) -> dict[str, Any]:
             result = kill_stream(
@@ -238,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
         plan: dict[str, tuple[str | None, Any]] = {
             "paced": ("rp-load", paced_run),
+            "paced-forwarded": ("rp-load", through(other, paced_run)),
             "back-to-back": (
                 "rp-load",
                 lambda: load(p, ns["rp-load"], "rp-load", claims=args.claims, rate=0, clients=args.clients, prefix="b"),
@@ -256,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in wanted:
             tenant, fn = plan[name]
             result = phases.run(name, with_recount(tenant, fn) if tenant else fn)
-            if name in ("paced", "back-to-back"):
+            if name in ("paced", "paced-forwarded", "back-to-back"):
                 checks.append(result["failed"] == 0)
             elif name == "race":
                 checks.append(result["created"] == 4)

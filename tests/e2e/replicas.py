@@ -214,6 +214,7 @@ class ReplicaPair:
             if server.proc is None or server.proc.poll() is not None:
                 continue
             status, text = server.get("/metrics")
+            out[name] = {}  # none forwarded yet: no line
             for line in text.splitlines() if status == 200 else ():
                 m = _FORWARDS.match(line)
                 if m:
@@ -505,6 +506,24 @@ def decision_buckets(pair: ReplicaPair, webhook: str = "validate") -> dict[float
 
 _FORWARDS = re.compile(r'^dra_bridge_quota_forwards_total\{webhook="\w+",outcome="([\w-]+)"\} (\S+)$')
 _LEASE_OPS = re.compile(r'^dra_bridge_quota_lease_operations_total\{operation="(\w+)"\} (\S+)$')
+
+
+_DECIDED = re.compile(r'^dra_bridge_admission_duration_seconds_count\{webhook="validate"\} (\S+)$')
+
+
+def decided_by(pair: ReplicaPair) -> dict[str, dict[str, float]]:
+    """Per live replica: the validations it decided since it started."""
+    out: dict[str, dict[str, float]] = {}
+    for name, server in pair.servers.items():
+        if server.proc is None or server.proc.poll() is not None:
+            continue
+        status, text = server.get("/metrics")
+        out[name] = {name: 0.0}  # none decided yet: no line
+        for line in text.splitlines() if status == 200 else ():
+            m = _DECIDED.match(line)
+            if m:
+                out[name] = {name: float(m.group(1))}
+    return out
 
 
 def lease_operations(pair: ReplicaPair) -> dict[str, dict[str, float]]:
