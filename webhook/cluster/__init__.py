@@ -82,6 +82,9 @@ class ClusterPort(Protocol):
     def list_leases(self, label: str) -> list[dict[str, Any]]:
         """Every Lease in the webhook's namespace that carries the label ``label``, read fresh."""
 
+    def delete_lease(self, name: str, *, resource_version: str) -> None:
+        """Delete a Lease, only if it is still at ``resource_version`` (gone or changed: nothing)."""
+
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """Create the Lease (no resourceVersion) or replace it conditionally on its
         ``metadata.resourceVersion``; raises ``Conflict`` when someone else wrote it first."""

@@ -99,7 +99,7 @@ CLUSTER_ACCESS: dict[tuple[str, str], frozenset[str]] = {
 # In the webhook's own namespace only.
 NAMESPACE_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("", "configmaps"): frozenset({"list", "watch"}),
-    ("coordination.k8s.io", "leases"): frozenset({"get", "list", "create", "update"}),
+    ("coordination.k8s.io", "leases"): frozenset({"get", "list", "create", "update", "delete"}),
 }
 # ``dra-bridge report --cluster`` also lists the workloads, and for its fleet section the Nodes,
 # ResourceSlices and ResourceClaims in full (for whoever runs it, not the webhook).
@@ -447,6 +447,15 @@ class KubeCluster:
             "GET", _lease_path(self.namespace), query=[("labelSelector", label), ("limit", "500")], timeout=LIST_TIMEOUT
         )
         return [without_managed_fields(item) for item in found.get("items") or []]
+
+    def delete_lease(self, name: str, *, resource_version: str) -> None:
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": resource_version}}
+        try:
+            self._transport.request("DELETE", _lease_path(self.namespace, name), body=options)
+        except APIError as err:
+            if err.status in (404, 409):  # gone already, or renewed since it was read
+                return
+            raise
 
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """POST without a resourceVersion, else PUT conditional on it; losing either race is ``Conflict``."""

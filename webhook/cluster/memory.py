@@ -211,6 +211,12 @@ class InMemoryCluster:
                 if label in (lease["metadata"].get("labels") or {})
             ]
 
+    def delete_lease(self, name: str, *, resource_version: str) -> None:
+        with self._lock:
+            found = self._leases.get(name)
+            if found is not None and found["metadata"]["resourceVersion"] == resource_version:
+                del self._leases[name]
+
     def put_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         name = lease["metadata"]["name"]
         expected = lease["metadata"].get("resourceVersion")

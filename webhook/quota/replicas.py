@@ -17,7 +17,9 @@ Membership: each replica keeps a Lease of its own (``dra-bridge-replica-<hash of
 labelled ``REPLICA_LABEL``) that names the address its peers reach it at, renewed every third of
 its duration (by the server, off the request path); a replica whose Lease was not renewed within
 its duration has left. A peer that could not be reached is passed over for ``backoff`` seconds (its
-tenants are decided here meanwhile). On shutdown a replica withdraws its address first.
+tenants are decided here meanwhile). On shutdown a replica withdraws its address first. Replica
+names are Pod names, new at every rollout, so a membership Lease not renewed for ``forget_after``
+seconds (an hour) is deleted by whichever replica lists it, conditionally on the version it read.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Replicas:
         address: str,
         duration: float = 15.0,
         backoff: float = 5.0,
+        forget_after: float = 3600.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -60,6 +63,7 @@ class Replicas:
         self.duration = duration
         self._cluster = cluster
         self._backoff = backoff
+        self._forget_after = forget_after
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -83,6 +87,9 @@ class Replicas:
             member = member_of(lease)
             if member is not None and member.expires > now:
                 members[member.replica] = member
+            elif _stale(lease, now, self._forget_after):
+                meta = lease["metadata"]
+                self._cluster.delete_lease(meta["name"], resource_version=meta["resourceVersion"])
         with self._lock:
             self._members = members
         self.renewals += 1
@@ -162,6 +169,16 @@ def member_of(lease: dict[str, Any]) -> Member | None:
     except ValueError:
         return None
     return Member(replica, address, at + duration)
+
+
+def _stale(lease: dict[str, Any], now: float, forget_after: float) -> bool:
+    """Renewed more than ``forget_after`` seconds ago (or never readably): a replica long gone."""
+    renewed = (lease.get("spec") or {}).get("renewTime")
+    try:
+        at = datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return True
+    return at + forget_after < now
 
 
 def owner_among(tenant: str, replicas: Iterable[str]) -> str:

@@ -763,6 +763,21 @@ def test_list_leases_selects_by_label_in_the_webhook_namespace_without_managed_f
     assert transport.calls[-1][:3] == ("GET", LEASES, {"labelSelector": REPLICA_LABEL, "limit": "500"})
 
 
+def test_delete_lease_is_conditional_on_the_version_read_and_quiet_when_it_lost() -> None:
+    transport = FakeTransport()
+    cluster = cluster_with(transport)
+    cluster.delete_lease("m-1", resource_version="7")
+    method, path, _, body = transport.calls[-1]
+    assert (method, path) == ("DELETE", f"{LEASES}/m-1")
+    assert body == {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": "7"}}
+    for status in (404, 409):  # gone, or renewed since it was listed
+        transport.errors[("DELETE", f"{LEASES}/m-1")] = APIError(status, "x", "y")
+        cluster.delete_lease("m-1", resource_version="7")
+    transport.errors[("DELETE", f"{LEASES}/m-1")] = APIError(500, "x", "y")
+    with pytest.raises(APIError):
+        cluster.delete_lease("m-1", resource_version="7")
+
+
 def test_list_workloads_streams_every_kind_with_its_kind_set() -> None:
     transport = FakeTransport()
     for path in WORKLOAD_PATHS:
@@ -819,6 +834,7 @@ def test_every_call_the_adapter_makes_is_in_its_declared_access() -> None:
     cluster.put_lease(lease("1"))
     transport.collections[LEASES] = []
     cluster.list_leases(REPLICA_LABEL)
+    cluster.delete_lease("q", resource_version="2")
     webhook_calls = {rbac_view(m, p) for m, p, _, _ in transport.calls} | {
         rbac_view("GET", p, watch=True) for p in watched
     }

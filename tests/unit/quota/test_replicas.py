@@ -98,6 +98,20 @@ def test_a_restarted_replica_takes_over_its_own_lease() -> None:
     assert lease is not None and member_of(lease) == Member("replica-a", "https://elsewhere:8443", clock.now + 15)
 
 
+def test_the_lease_of_a_replica_gone_for_an_hour_is_deleted_and_no_other() -> None:
+    """Replica names are Pod names, new at every rollout: without this, every rollout leaves Leases."""
+    clock, cluster = Clock(), InMemoryCluster()
+    replicas = fleet(cluster, clock, ["old-pod", "replica-a", "replica-b"])
+    replicas["replica-b"].leave()  # withdrew its address: not a member, but not gone for an hour either
+    clock.now += 3000
+    replicas["replica-a"].renew()
+    names = {m["metadata"]["name"] for m in cluster.list_leases(REPLICA_LABEL)}
+    assert names == {membership_lease_name(n) for n in ("old-pod", "replica-a", "replica-b")}
+    clock.now += 700  # old-pod and replica-b last renewed 3,700 s ago
+    replicas["replica-a"].renew()
+    assert [m["metadata"]["name"] for m in cluster.list_leases(REPLICA_LABEL)] == [membership_lease_name("replica-a")]
+
+
 def test_no_address_no_membership() -> None:
     with pytest.raises(ValueError, match="replica-a: a peer address is needed"):
         Replicas(InMemoryCluster(), replica="replica-a", address="")
