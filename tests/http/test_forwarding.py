@@ -8,6 +8,7 @@ never here, and exact at the limit; when the owner cannot be reached the review 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import threading
@@ -26,8 +27,10 @@ from tests.conftest import POLICIES
 from tests.http.conftest import free_port
 from webhook.certs.files import ensure_dev_certs
 from webhook.cluster.memory import InMemoryCluster
+from webhook.inline import DecidedElsewhere
 from webhook.labels import FORWARDED_HEADER
 from webhook.quota.replicas import Replicas, owner_among
+from webhook.serving.peers import Forwarder, peer_context
 from webhook.serving.server import Runtime, build_runtime, catalogue_files, uvicorn_server
 from webhook.serving.settings import Settings
 from webhook.serving.tls import server_ssl_context
@@ -195,3 +198,29 @@ def test_an_unreachable_owner_costs_time_never_the_answer(pair: tuple[Replica, R
     assert [r["uid"] for r in owner.records()] == ["uid-ghost-2"]
     assert other.metric("dra_bridge_quota_forwards_total", webhook="validate", outcome="unreachable") == 1
     assert other.metric("dra_bridge_quota_forwards_total", webhook="validate", outcome="answered") == 1
+
+
+def test_the_forwarder_trusts_the_certificate_folder_as_it_is_now(
+    pair: tuple[Replica, Replica, InMemoryCluster], tmp_path: Path
+) -> None:
+    """After a CA rollover the peers serve a leaf of the new CA: until the forwarder is told (the
+    certificate reload does it), the owner is unreachable for it; once told, it is answered again."""
+    owner, _, _ = pair
+    stranger = ensure_dev_certs(tmp_path / "another-ca")  # a CA the owner's leaf does not chain to
+    passed_over: list[str] = []
+    body = json.dumps(claim_review("c-6", "uid-trust")).encode()
+    moved = DecidedElsewhere(owner.name, owner.url, "test")
+
+    async def run() -> tuple[tuple[bytes | None, str], tuple[bytes | None, str]]:
+        context, name = peer_context(stranger)
+        forwarder = Forwarder(replica="replica-x", context=context, server_name=name, unreachable=passed_over.append)
+        try:
+            before = await forwarder.forward(moved, "/validate", body, None)
+            await forwarder.trust(*peer_context(Path(owner.runtime.settings.cert_dir)))
+            return before, await forwarder.forward(moved, "/validate", body, None)
+        finally:
+            await forwarder.close()
+
+    (before, why), (after, how) = asyncio.run(run())
+    assert before is None and why == "unreachable" and passed_over == [owner.name]
+    assert after is not None and how == "answered" and json.loads(after)["response"]["uid"] == "uid-trust"

@@ -48,11 +48,21 @@ class Forwarder:
         self._unreachable = unreachable
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._client = httpx.AsyncClient(
+        self._transport = transport
+        self._client = self._new_client(context)
+
+    def _new_client(self, context: ssl.SSLContext) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             verify=context,
-            transport=transport,
+            transport=self._transport,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=4.0),
         )
+
+    async def trust(self, context: ssl.SSLContext, server_name: str) -> None:
+        """Verify peers with ``context`` from now on: the certificate folder changed (a new CA during
+        a rollover, a leaf under another name); connections made under the old trust are closed."""
+        old, self._client, self.server_name = self._client, self._new_client(context), server_name
+        await old.aclose()
 
     async def forward(
         self, moved: DecidedElsewhere, path: str, body: bytes, answer_by: float | None

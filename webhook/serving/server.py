@@ -66,6 +66,7 @@ class Runtime:
     quota: QuotaEnforcer
     audit: AuditLog
     replicas: Replicas | None = None  # set where tenants are shared out among replicas
+    forwarder: Forwarder | None = None  # and how reviews reach the replica that owns their tenant
 
 
 def policy_files(policies_dir: Path) -> list[Path]:
@@ -173,6 +174,7 @@ def build_runtime(settings: Settings, *, cluster: ClusterPort | None = None, aud
         quota=quota,
         audit=audit,
         replicas=replicas,
+        forwarder=forwarder,
     )
 
 
@@ -329,7 +331,7 @@ async def _serve(server: uvicorn.Server, runtime: Runtime, reloader: Certificate
     stop = asyncio.Event()
     runtime.cluster.start()  # caches sync in the background; /readyz stays false until they have
     tasks = [
-        asyncio.create_task(_reload_certs(reloader, runtime.metrics, stop)),
+        asyncio.create_task(_reload_certs(reloader, runtime, stop)),
         asyncio.create_task(_collect_templates(runtime, stop)),
     ]
     if runtime.settings.gc_settle_interval_seconds > 0:
@@ -358,12 +360,24 @@ async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def _reload_certs(reloader: CertificateReloader, metrics: Metrics, stop: asyncio.Event) -> None:
+async def _reload_certs(reloader: CertificateReloader, runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = runtime.settings
     while not stop.is_set():
         await _stopped_within(stop, reloader.interval)
         if reloader.check():
-            metrics.cert_reloads.inc()
+            runtime.metrics.cert_reloads.inc()
             log.info("serving certificate reloaded; valid until %s", reloader.not_after)
+            if runtime.forwarder is not None:  # the peers serve the new pair: trust what signed it
+                try:
+                    context, name = peer_context(
+                        settings.cert_dir,
+                        client_cert=settings.peer_client_cert_file,
+                        client_key=settings.peer_client_key_file,
+                    )
+                except (OSError, ValueError, ssl.SSLError) as err:
+                    log.warning("peer trust not reloaded (%s); the previous one stays", err)
+                else:
+                    await runtime.forwarder.trust(context, name)
 
 
 async def _settle_collector(runtime: Runtime, stop: asyncio.Event, poll: float = 0.5) -> None:
