@@ -209,17 +209,7 @@ class ReplicaPair:
 
     def forwards(self) -> dict[str, dict[str, float]]:
         """Per live replica: reviews it forwarded by outcome, and those it received (``received``)."""
-        out: dict[str, dict[str, float]] = {}
-        for name, server in self.servers.items():
-            if server.proc is None or server.proc.poll() is not None:
-                continue
-            status, text = server.get("/metrics")
-            out[name] = {}  # none forwarded yet: no line
-            for line in text.splitlines() if status == 200 else ():
-                m = _FORWARDS.match(line)
-                if m:
-                    out.setdefault(name, {})[m.group(1)] = out.get(name, {}).get(m.group(1), 0.0) + float(m.group(2))
-        return out
+        return counters(self, _FORWARDS)
 
 
 @contextlib.contextmanager
@@ -508,36 +498,34 @@ _FORWARDS = re.compile(r'^dra_bridge_quota_forwards_total\{webhook="\w+",outcome
 _LEASE_OPS = re.compile(r'^dra_bridge_quota_lease_operations_total\{operation="(\w+)"\} (\S+)$')
 
 
-_DECIDED = re.compile(r'^dra_bridge_admission_duration_seconds_count\{webhook="validate"\} (\S+)$')
+_DECIDED = re.compile(r'^dra_bridge_admission_duration_seconds_count\{webhook="(validate)"\} (\S+)$')
 
 
-def decided_by(pair: ReplicaPair) -> dict[str, dict[str, float]]:
-    """Per live replica: the validations it decided since it started."""
+def counters(pair: ReplicaPair, pattern: re.Pattern[str]) -> dict[str, dict[str, float]]:
+    """Per live replica: the values of the metric lines ``pattern`` matches (group 1 the label that
+    tells them apart, group 2 the value), summed per label; an empty mapping for a replica where
+    none is counted yet (a counter renders no line before its first count)."""
     out: dict[str, dict[str, float]] = {}
     for name, server in pair.servers.items():
         if server.proc is None or server.proc.poll() is not None:
             continue
         status, text = server.get("/metrics")
-        out[name] = {name: 0.0}  # none decided yet: no line
+        found = out[name] = {}
         for line in text.splitlines() if status == 200 else ():
-            m = _DECIDED.match(line)
+            m = pattern.match(line)
             if m:
-                out[name] = {name: float(m.group(1))}
+                found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
     return out
+
+
+def decided_by(pair: ReplicaPair) -> dict[str, dict[str, float]]:
+    """Per live replica: the validations it decided since it started, under its own name."""
+    return {name: {name: v.get("validate", 0.0)} for name, v in counters(pair, _DECIDED).items()}
 
 
 def lease_operations(pair: ReplicaPair) -> dict[str, dict[str, float]]:
     """Per live replica: batches, Lease reads, writes and conflicts since it started."""
-    out: dict[str, dict[str, float]] = {}
-    for name, server in pair.servers.items():
-        if server.proc is None:
-            continue
-        status, text = server.get("/metrics")
-        for line in text.splitlines() if status == 200 else ():
-            m = _LEASE_OPS.match(line)
-            if m:
-                out.setdefault(name, {})[m.group(1)] = float(m.group(2))
-    return out
+    return counters(pair, _LEASE_OPS)
 
 
 def operations_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, int]:
