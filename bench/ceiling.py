@@ -4,11 +4,15 @@ A bare FastAPI app that reads the body, ``json.loads`` it and allows with the ui
 the same ``webhook.serving.server.uvicorn_server`` over the same TLS context as dra-bridge, it measures what
 uvicorn, TLS, the HTTP parser and FastAPI cost on their own, so dra-bridge's figures can be read
 as a ratio to it. ``/mutate`` and ``/validate`` are the same endpoint so the same targets work.
+
+It counts the reviews it answered per path (``GET /counts``): bench/e2e.py registers it with the
+apiserver as the bare webhook and reads how often each path was called.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,10 +20,12 @@ from fastapi.responses import JSONResponse, Response
 
 def create_ceiling_app() -> FastAPI:
     app = FastAPI(title="ceiling", docs_url=None, redoc_url=None, openapi_url=None)
+    counts: Counter[str] = Counter()
 
     async def review(request: Request) -> Response:
         document = json.loads(await request.body())
         uid = document["request"]["uid"]
+        counts[request.url.path] += 1
         return JSONResponse(
             {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": uid, "allowed": True}}
         )
@@ -30,5 +36,9 @@ def create_ceiling_app() -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> Response:
         return JSONResponse({"ready": True})
+
+    @app.get("/counts")
+    async def counts_endpoint() -> Response:
+        return JSONResponse(dict(counts))
 
     return app
