@@ -6,8 +6,11 @@ getting the same Pods onto DRA, in one run on one control plane.
 Starts the control plane of the end-to-end tests (tests/e2e/controlplane.py: etcd, kube-apiserver,
 kube-controller-manager with the resourceclaim controller, kube-scheduler; no nodes, so Pods are
 stored and never run) and applies the project's DeviceClasses. Then, ``--reps`` times, each arm in
-turn (forward in odd repetitions, backward in even ones, so that a drift of the machine does not
-favour one arm):
+turn, forward in odd repetitions and backward in even ones, with a ``none`` run before, between and
+after them (``sequence``): every arm is read against the baseline runs right before and after it, so
+that a drift of the machine or of the control plane over the run favours no arm. After each run its
+namespaces are deleted and the harness waits until they are gone, so every run starts from the same
+cluster. The arms:
 
 - ``none``: no admission step of our own: no webhook configuration, no policy (the baseline);
 - ``bare``: the bare webhook, the protocol's own cost: bench/ceiling.py (read the body, allow with
@@ -131,15 +134,17 @@ class Workload:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--pods", type=int, default=300, help="GPU Pods per arm at --rate (default 300)")
+    p.add_argument("--pods", type=int, default=200, help="GPU Pods per arm at --rate (default 200)")
     p.add_argument("--rate", type=float, default=40.0, help="Pods per second, open model (default 40)")
-    p.add_argument("--reps", type=int, default=2, help="repetitions of every arm, alternating order (default 2)")
+    p.add_argument(
+        "--reps", type=int, default=2, help="runs of every arm, alternating order, none between them (default 2)"
+    )
     p.add_argument(
         "--arms",
         default=None,
         help=f"comma-separated, of {','.join(ARMS)} (default: all; native only where DRAExtendedResource is GA)",
     )
-    p.add_argument("--sequential", type=int, default=60, help="GPU Pods one at a time per arm (default 60; 0: skip)")
+    p.add_argument("--sequential", type=int, default=40, help="GPU Pods one at a time per arm (default 40; 0: skip)")
     p.add_argument(
         "--plain", type=int, default=None, help="Pods without GPUs per arm at --rate (default --pods / 2; 0: skip)"
     )
@@ -515,15 +520,19 @@ class BareWebhook:
         self.proc = None
 
 
-_BRIDGE_CALLS = re.compile(r'^dra_bridge_admission_duration_seconds_count\{webhook="([^"]*)"\} (\S+)$', re.M)
+_BRIDGE_DECISIONS = re.compile(r'^dra_bridge_admission_duration_seconds_(count|sum)\{webhook="([^"]*)"\} (\S+)$', re.M)
 
 
-def bridge_calls(bridge: BridgeServer) -> dict[str, int]:
-    """dra-bridge's own count of decisions per webhook (its /metrics)."""
+def bridge_decisions(bridge: BridgeServer) -> dict[str, float]:
+    """dra-bridge's own count of decisions per webhook and the seconds they took, from its /metrics
+    (``<webhook>`` and ``<webhook> seconds``)."""
     status, text = bridge.get("/metrics")
     if status != 200:
         raise RuntimeError(f"dra-bridge /metrics: HTTP {status}")
-    return {name: int(float(value)) for name, value in _BRIDGE_CALLS.findall(text)}
+    return {
+        (name if kind == "count" else f"{name} seconds"): float(value)
+        for kind, name, value in _BRIDGE_DECISIONS.findall(text)
+    }
 
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
@@ -692,6 +701,7 @@ class Row:
     pods: int
     rate: float
     gpu: bool = True
+    position: int = 0  # the arm run's place in the sequence: a none run next to it is its baseline
     samples: list[Sample] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -701,6 +711,7 @@ class Row:
     cpu: dict[str, float] = field(default_factory=dict)
     apiserver: dict[str, Any] = field(default_factory=dict)
     self_counted: dict[str, int] = field(default_factory=dict)  # calls the webhook process counted itself
+    self_seconds: dict[str, float] = field(default_factory=dict)  # the time it measured deciding them (dra-bridge)
 
     def calls(self) -> dict[str, int]:
         """Calls the apiserver made per webhook and mutating policy over the workload (its metrics)."""
@@ -714,6 +725,7 @@ class Row:
             "arm": self.arm,
             "workload": self.workload,
             "rep": self.rep,
+            "position": self.position,
             "namespace": self.namespace,
             "pods": self.pods,
             "rate": self.rate or "sequential",
@@ -732,6 +744,11 @@ class Row:
             "apiserver": self.apiserver,
             "calls": self.calls(),
             "self_counted_calls": self.self_counted,
+            "self_decision_ms_mean": {
+                k: round(v / self.self_counted[k] * 1000, 3)
+                for k, v in self.self_seconds.items()
+                if self.self_counted.get(k)
+            },
         }
 
 
@@ -740,18 +757,27 @@ def added(arm: dict[str, float | None], base: dict[str, float | None], key: str)
     return round(a - b, 2) if a is not None and b is not None else None
 
 
+def neighbours(rows: list[Row], of: list[Row]) -> list[Row]:
+    """The ``none`` runs of the same workload right before and after each of ``of``: their baseline."""
+    wanted = {(r.workload, r.position + d) for r in of for d in (-1, 1)}
+    return [r for r in rows if r.arm == "none" and (r.workload, r.position) in wanted]
+
+
 def summarize(rows: list[Row], names: list[str], arms: list[str]) -> dict[str, Any]:
     """Per workload and arm: latency over every repetition, what it adds to ``none`` (p50, p99, ms and
-    ratio, and per repetition against the same repetition's ``none``), and calls per Pod."""
+    ratio) and calls per Pod. An arm is read against the none runs right before and after it (pooled),
+    so that a drift of the machine or the control plane over the run cancels out; per repetition,
+    against that repetition's neighbours."""
     summary: dict[str, Any] = {}
     reps = sorted({r.rep for r in rows})
     for name in names:
         entry: dict[str, Any] = {}
-        base = stats([s.latency for r in rows if (r.workload, r.arm) == (name, "none") for s in r.samples])
         for arm in arms:
             mine = [r for r in rows if r.workload == name and r.arm == arm]
             if not mine:
                 continue
+            base_rows = mine if arm == "none" else neighbours(rows, mine)
+            base = stats([s.latency for r in base_rows for s in r.samples])
             lat = stats([s.latency for r in mine for s in r.samples])
             pods = sum(r.pods for r in mine)
             calls: dict[str, int] = {}
@@ -762,11 +788,12 @@ def summarize(rows: list[Row], names: list[str], arms: list[str]) -> dict[str, A
                 for label, count in r.self_counted.items():
                     own[label] = own.get(label, 0) + count
             per_rep = []
-            for rep in reps:
-                a = next((r for r in mine if r.rep == rep), None)
-                b = next((r for r in rows if (r.workload, r.arm, r.rep) == (name, "none", rep)), None)
+            for rep in reps if arm != "none" else []:
+                a = [r for r in mine if r.rep == rep]
+                b = neighbours(rows, a)
                 if a and b:
-                    la, lb = a.to_json()["latency_ms"], b.to_json()["latency_ms"]
+                    la = stats([s.latency for r in a for s in r.samples])
+                    lb = stats([s.latency for r in b for s in r.samples])
                     per_rep.append(
                         {"rep": rep, "added_ms_p50": added(la, lb, "p50"), "added_ms_p99": added(la, lb, "p99")}
                     )
@@ -774,6 +801,8 @@ def summarize(rows: list[Row], names: list[str], arms: list[str]) -> dict[str, A
                 "pods": pods,
                 "failures": sum(len(r.failures) for r in mine),
                 "latency_ms": lat,
+                "baseline_ms": base,
+                "baseline_runs": sorted({(r.rep, r.position) for r in base_rows}),
                 "added_ms_p50": added(lat, base, "p50"),
                 "added_ms_p99": added(lat, base, "p99"),
                 "ratio_p50": ratio(lat["p50"], base["p50"]),
@@ -784,6 +813,11 @@ def summarize(rows: list[Row], names: list[str], arms: list[str]) -> dict[str, A
                     sum(c for label, c in calls.items() if not label.startswith("policy ")) / pods, 3
                 ),
                 "self_counted_calls_per_pod": {label: round(c / pods, 3) for label, c in sorted(own.items())},
+                "self_decision_ms_mean": {
+                    label: round(sum(r.self_seconds.get(label, 0.0) for r in mine) / c * 1000, 3)
+                    for label, c in sorted(own.items())
+                    if c and any(label in r.self_seconds for r in mine)
+                },
                 "apiserver_post_mean_ms": mean_of(mine, "pod_post", "total"),
                 "apiserver_post_mean_ms_without_webhooks": mean_of(mine, "pod_post", "sli (without webhooks)"),
                 "cpu_ms_per_pod": {
@@ -869,8 +903,8 @@ def table(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "added to none (every repetition pooled; per repetition against the same repetition's none), and "
-        "the apiserver's calls per Pod",
+        "added to none (the arm's runs pooled against the none runs right before and after them; per "
+        "repetition the same), and the apiserver's calls per Pod",
         f"{'workload':8} {'arm':7} {'p50':>7} {'p99':>7} {'+ms p50':>8} {'+ms p99':>8} {'x p50':>6} {'x p99':>6} "
         f"{'calls':>5}  {'per rep +p50/+p99':22} apiserver mean per Pod POST (outside webhooks)",
     ]
@@ -932,6 +966,12 @@ def table(result: dict[str, Any]) -> str:
             lines += ["", f"the apiserver's view, arm '{arm}' (mean ms per call, calls):"]
             for label, entry in hooks.items():
                 lines.append(f"  {label:60} {fmt(entry['mean_ms'], 2):>7} ms  {entry['count']:>6}")
+            decided = result["summary"].get("gpu", {}).get(arm, {}).get("self_decision_ms_mean")
+            if decided:
+                lines.append(
+                    "  of which deciding, as the server measured it (gpu): "
+                    + ", ".join(f"{k} {v:.2f} ms" for k, v in decided.items())
+                )
     return "\n".join(lines)
 
 
@@ -941,6 +981,21 @@ def table(result: dict[str, Any]) -> str:
 def minor_of(version: str) -> int:
     match = re.match(r"v1\.(\d+)\.", version)
     return int(match.group(1)) if match else 0
+
+
+def sequence(arms: list[str], reps: int) -> list[tuple[str, int]]:
+    """(arm, repetition) in the order they run: none before, between and after the other arms, so
+    that each is read against the baseline right before and after it; the other arms forward in odd
+    repetitions and backward in even ones; one none where two repetitions meet."""
+    others = [a for a in arms if a != "none"]
+    out: list[tuple[str, int]] = []
+    for rep in range(1, reps + 1):
+        order = others if rep % 2 else list(reversed(others))
+        if not out:
+            out.append(("none", rep))
+        for arm in order:
+            out += [(arm, rep), ("none", rep)]
+    return out
 
 
 class Bench:
@@ -959,6 +1014,7 @@ class Bench:
         self.map_version: str | None = None
         self.native: str = "not checked"
         self.active: str | None = None
+        self.deleting: list[str] = []  # namespaces of the previous run, being deleted
 
     # setup / teardown
 
@@ -1045,11 +1101,11 @@ class Bench:
 
     # arms: switch on, check it is in effect; switch off, check it is gone
 
-    def self_counts(self) -> dict[str, int]:
+    def self_counts(self) -> dict[str, float]:
         if self.active == "bare" and self.bare is not None:
-            return self.bare.counts()
+            return {k: float(v) for k, v in self.bare.counts().items()}
         if self.active == "bridge" and self.bridge is not None:
-            return bridge_calls(self.bridge)
+            return bridge_decisions(self.bridge)
         return {}
 
     def enter(self, arm: str) -> float:
@@ -1112,7 +1168,7 @@ class Bench:
         self.active = None
         return time.monotonic() - started
 
-    def run_arm(self, arm: str, rep: int) -> None:
+    def run_arm(self, arm: str, rep: int, position: int) -> None:
         assert self.api is not None
         args = self.args
         log(f"rep {rep} arm {arm}: preparing")
@@ -1129,16 +1185,27 @@ class Bench:
                     f"warm-up: {len(bad)} of {len(warm)} Pods not as expected, e.g. {check(arm, True, bad[0].status, bad[0].body)}"
                 )
             self.settle(warm_ns, expected=len(warm) - len(bad) if arm in CONVERTING else 0)
+        cleanup = self.wait_gone()
         idle = self.meter.wait_idle(quiet_wait=args.quiet_wait)
         for workload, namespace in plan:
-            self.run_workload(arm, rep, workload, namespace)
+            self.run_workload(arm, rep, workload, namespace, position)
         switch_off = self.leave(arm)
+        # Every arm starts from the same cluster: its Pods (never scheduled: no nodes) and claims go.
+        # Left in place, thousands of pending Pods are retried by kube-scheduler on every cluster
+        # event, more in the arms that make claims, and the later arms pay for the earlier ones.
+        # The namespace controller takes a few seconds to finish; the next run waits for it before it
+        # measures anything (wait_gone), while it sets itself up.
+        assert self.kube is not None
+        self.deleting = [ns for _, ns in plan] + ([warm_ns] if args.warmup else [])
+        self.kube.kubectl("delete", "namespace", *self.deleting, "--wait=false")
         self.arm_log.append(
             {
                 "arm": arm,
                 "rep": rep,
                 "switch_on_seconds": round(switch_on, 2),
                 "switch_off_seconds": round(switch_off, 2),
+                "wait_for_previous_cleanup_seconds": round(cleanup, 2),
+                "position": position,
                 "idle_wait": round(idle, 2),
             }
         )
@@ -1147,10 +1214,26 @@ class Bench:
         assert self.cp is not None
         return self.cp
 
-    def run_workload(self, arm: str, rep: int, workload: Workload, namespace: str) -> None:
+    def wait_gone(self) -> float:
+        """Wait until the namespaces of the previous run are deleted, with their Pods and claims."""
+        assert self.api is not None
+        started = time.monotonic()
+        names, self.deleting = self.deleting, []
+        if not names:
+            return 0.0
+        api = self.api
+        wait(
+            lambda: all(api.get(f"/api/v1/namespaces/{n}").status_code == 404 for n in names),
+            self.args.settle_timeout,
+            f"namespaces {names} to be deleted",
+            interval=0.5,
+        )
+        return time.monotonic() - started
+
+    def run_workload(self, arm: str, rep: int, workload: Workload, namespace: str, position: int) -> None:
         assert self.api is not None
         args = self.args
-        row = Row(arm, workload.name, rep, namespace, workload.pods, workload.rate, workload.gpu)
+        row = Row(arm, workload.name, rep, namespace, workload.pods, workload.rate, workload.gpu, position)
         bodies = [pod_body(f"p-{i:05d}", workload.gpu) for i in range(workload.pods)]
         metrics_before = self.api.metrics()
         own_before = self.self_counts()
@@ -1172,8 +1255,9 @@ class Bench:
         row.cpu = CpuMeter.delta(cpu_before, self.meter.snapshot())
         row.wall = time.monotonic() - started
         row.apiserver = admission_view(metrics_before, self.api.metrics())
-        own_after = self.self_counts()
-        row.self_counted = {k: v - own_before.get(k, 0) for k, v in own_after.items() if v - own_before.get(k, 0)}
+        own = {k: v - own_before.get(k, 0.0) for k, v in self.self_counts().items()}
+        row.self_counted = {k: int(v) for k, v in own.items() if v and not k.endswith(" seconds")}
+        row.self_seconds = {k.removesuffix(" seconds"): v for k, v in own.items() if v and k.endswith(" seconds")}
         self.rows.append(row)
         lat = row.to_json()["latency_ms"]
         log(
@@ -1205,10 +1289,8 @@ class Bench:
             "python": platform.python_version(),
             "loadavg_start": loadavg(),
         }
-        for rep in range(1, self.args.reps + 1):
-            order = self.arms if rep % 2 else list(reversed(self.arms))
-            for arm in order:
-                self.run_arm(arm, rep)
+        for position, (arm, rep) in enumerate(sequence(self.arms, self.args.reps)):
+            self.run_arm(arm, rep, position)
         machine["loadavg_end"] = loadavg()
         names = [w.name for w in workloads(self.args)]
         webhooks: dict[str, dict[str, dict[str, float]]] = {}
