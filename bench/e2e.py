@@ -19,6 +19,10 @@ cluster. The arms:
   deploy/base/webhooks.yaml exactly as dra-bridge (same rules, matchConditions, timeouts and
   failure policies), with only ``clientConfig`` changed. It never patches, so its GPU Pods are
   stored unconverted and no claim is made;
+- ``bare-patch`` (on request: ``--arms``): the same bare webhook answering every mutating call with
+  the fixed JSON Patch the policy below makes of the benchmark's GPU Pod (``BARE_PATCH``), so its
+  Pods are converted to the pre-created templates and their claims made and validated: the bare
+  cost of a webhook that rewrites, with the same three calls per GPU Pod as dra-bridge;
 - ``bridge``: ``dra-bridge serve`` started as the e2e tests start it (real TLS) and registered the
   same way; a dry-run probe Pod must come back converted before anything is measured;
 - ``map``: a MutatingAdmissionPolicy (``admissionregistration.k8s.io``, v1 from 1.36, v1beta1
@@ -108,9 +112,11 @@ from tests.e2e.helpers import (  # noqa: E402
 
 GPU = "nvidia.com/gpu"
 # The arms, in the order of odd repetitions. none is the baseline every other arm is read against.
-ARMS = ("none", "bare", "bridge", "map", "native")
-CONVERTING = ("bridge", "map")  # arms whose GPU Pods must come back with claims
-WEBHOOK_ARMS = ("bare", "bridge")  # arms registered through deploy/base/webhooks.yaml
+ARMS = ("none", "bare", "bare-patch", "bridge", "map", "native")
+DEFAULT_ARMS = ("none", "bare", "bridge", "map", "native")  # bare-patch on request (--arms)
+CONVERTING = ("bare-patch", "bridge", "map")  # arms whose GPU Pods must come back with claims
+WEBHOOK_ARMS = ("bare", "bare-patch", "bridge")  # arms registered through deploy/base/webhooks.yaml
+TEMPLATE_ARMS = ("bare-patch", "map")  # arms that point Pods at the pre-created templates
 TARGET_BRIDGE_VS_BARE_P50 = 1.5  # dra-bridge adds at most this many times what the bare webhook adds
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
@@ -142,7 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--arms",
         default=None,
-        help=f"comma-separated, of {','.join(ARMS)} (default: all; native only where DRAExtendedResource is GA)",
+        help=f"comma-separated, of {','.join(ARMS)} (default: {','.join(DEFAULT_ARMS)}; native only where "
+        "DRAExtendedResource is GA)",
     )
     p.add_argument("--sequential", type=int, default=40, help="GPU Pods one at a time per arm (default 40; 0: skip)")
     p.add_argument(
@@ -328,6 +335,20 @@ def map_manifests(version: str) -> list[dict[str, Any]]:
     ]
 
 
+# What the policy makes of the benchmark's GPU Pod (one container, nvidia.com/gpu: 1 in limits and
+# requests), as a fixed JSON Patch: the bare-patch arm's answer to every mutating call.
+BARE_PATCH: list[dict[str, Any]] = [
+    {
+        "op": "add",
+        "path": "/spec/resourceClaims",
+        "value": [{"name": "gpu-0", "resourceClaimTemplateName": "whole-gpu-1"}],
+    },
+    {"op": "remove", "path": "/spec/containers/0/resources/limits/nvidia.com~1gpu"},
+    {"op": "remove", "path": "/spec/containers/0/resources/requests/nvidia.com~1gpu"},
+    {"op": "add", "path": "/spec/containers/0/resources/claims", "value": [{"name": "gpu-0"}]},
+]
+
+
 def native_class() -> dict[str, Any]:
     """KEP-5004: a DeviceClass that serves ``nvidia.com/gpu`` natively. Pods keep the extended
     resource; kube-scheduler makes the claim when it places the Pod. No admission step at all."""
@@ -467,17 +488,24 @@ class BareWebhook:
     """The bare webhook: bench/ceiling.py (allow, echo the uid, count the call per path) served by
     bench/server.py on dra-bridge's stack and TLS, as its own process, with dra-bridge's certificate."""
 
-    def __init__(self, *, work_dir: Path, cert_dir: Path, ca_pem: bytes) -> None:
+    def __init__(
+        self, *, work_dir: Path, cert_dir: Path, ca_pem: bytes, patch: list[dict[str, Any]] | None = None
+    ) -> None:
         self.work_dir = work_dir
         self.cert_dir = cert_dir
         self.ca_pem = ca_pem
         self.port = free_port()
-        self.log = work_dir / "bare-webhook.log"
+        self.log = work_dir / ("bare-webhook-patch.log" if patch else "bare-webhook.log")
+        self.patch_file = work_dir / "bare-patch.json" if patch else None
+        if self.patch_file is not None:
+            self.patch_file.write_text(json.dumps(patch))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         args = [sys.executable, str(ROOT / "bench" / "server.py"), "--app", "ceiling"]
         args += ["--host", LOOPBACK, "--port", str(self.port), "--cert-dir", str(self.cert_dir)]
+        if self.patch_file is not None:
+            args += ["--patch", str(self.patch_file)]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 args,
@@ -835,11 +863,12 @@ def target(summary: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"limit": TARGET_BRIDGE_VS_BARE_P50}
     for name in ("gpu", "gpu-seq"):
         arms = summary.get(name, {})
-        if "bridge" not in arms or "bare" not in arms:
-            continue
-        bridge, bare = arms["bridge"]["added_ms_p50"], arms["bare"]["added_ms_p50"]
-        value = round(bridge / bare, 2) if bridge is not None and bare and bare > 0 else None
-        out[name] = {"bridge_added_ms_p50": bridge, "bare_added_ms_p50": bare, "ratio": value}
+        for bare_arm, key in (("bare", name), ("bare-patch", f"{name} vs bare-patch")):
+            if "bridge" not in arms or bare_arm not in arms:
+                continue
+            bridge, bare = arms["bridge"]["added_ms_p50"], arms[bare_arm]["added_ms_p50"]
+            value = round(bridge / bare, 2) if bridge is not None and bare and bare > 0 else None
+            out[key] = {"bridge_added_ms_p50": bridge, "bare_added_ms_p50": bare, "ratio": value}
     if "gpu" in out:
         value = out["gpu"]["ratio"]
         out["pass"] = value is not None and value <= TARGET_BRIDGE_VS_BARE_P50
@@ -886,7 +915,7 @@ def table(result: dict[str, Any]) -> str:
         "cpu: ms per Pod over the workload and the work it left behind (claims); hook: the webhook "
         "process (bare or dra-bridge); other: share of the machine's CPU used by other processes meanwhile",
         "",
-        f"{'arm':7} {'workload':8} {'rep':>3} {'pods':>5} {'fail':>4} {'rate/s':>6} "
+        f"{'arm':10} {'workload':8} {'rep':>3} {'pods':>5} {'fail':>4} {'rate/s':>6} "
         f"{'p50':>7} {'p90':>7} {'p99':>7} {'max':>8}  "
         + " ".join(f"{short.get(c, c):>6}" for c in cpu_cols)
         + f" {'other':>6} {'settle s':>8}",
@@ -896,7 +925,7 @@ def table(result: dict[str, Any]) -> str:
         cpu = {**cpu, "webhook": cpu.get("dra-bridge", cpu.get("bare-webhook"))}
         rate = "seq" if row["rate"] == "sequential" else fmt(row["achieved_rate"])
         lines.append(
-            f"{row['arm']:7} {row['workload']:8} {row['rep']:>3} {row['pods']:>5} {row['failures']:>4} {rate:>6} "
+            f"{row['arm']:10} {row['workload']:8} {row['rep']:>3} {row['pods']:>5} {row['failures']:>4} {rate:>6} "
             f"{fmt(lat['p50'], 2):>7} {fmt(lat['p90'], 2):>7} {fmt(lat['p99'], 2):>7} {fmt(lat['max'], 2):>8}  "
             + " ".join(f"{fmt(cpu.get(c), 2):>6}" for c in cpu_cols)
             + f" {fmt((row['other_share'] or 0) * 100, 0) + '%':>6} {fmt(row['settle_seconds']):>8}"
@@ -905,7 +934,7 @@ def table(result: dict[str, Any]) -> str:
         "",
         "added to none (the arm's runs pooled against the none runs right before and after them; per "
         "repetition the same), and the apiserver's calls per Pod",
-        f"{'workload':8} {'arm':7} {'p50':>7} {'p99':>7} {'+ms p50':>8} {'+ms p99':>8} {'x p50':>6} {'x p99':>6} "
+        f"{'workload':8} {'arm':10} {'p50':>7} {'p99':>7} {'+ms p50':>8} {'+ms p99':>8} {'x p50':>6} {'x p99':>6} "
         f"{'calls':>5}  {'per rep +p50/+p99':22} apiserver mean per Pod POST (outside webhooks)",
     ]
     for name, arms in result["summary"].items():
@@ -916,7 +945,7 @@ def table(result: dict[str, Any]) -> str:
                 v for k, v in s["calls_per_pod"].items() if k.startswith("policy ")
             )
             lines.append(
-                f"{name:8} {arm:7} {fmt(lat['p50'], 2):>7} {fmt(lat['p99'], 2):>7} "
+                f"{name:8} {arm:10} {fmt(lat['p50'], 2):>7} {fmt(lat['p99'], 2):>7} "
                 f"{signed(s['added_ms_p50']) if arm != 'none' else '':>8} "
                 f"{signed(s['added_ms_p99']) if arm != 'none' else '':>8} "
                 f"{fmt(s['ratio_p50'], 2) if arm != 'none' else '':>6} {fmt(s['ratio_p99'], 2) if arm != 'none' else '':>6} "
@@ -941,7 +970,7 @@ def table(result: dict[str, Any]) -> str:
             continue
         hooks = ", ".join(f"{label} {v / pods:.2f}" for label, v in sorted(merged.items())) or "no calls"
         mine = ", ".join(f"{label} {v / pods:.2f}" for label, v in sorted(own.items()))
-        lines.append(f"  {arm:7} {hooks}{' | ' + mine if mine else ''}")
+        lines.append(f"  {arm:10} {hooks}{' | ' + mine if mine else ''}")
     goal = result["target"]
     if "gpu" in goal:
         g = goal["gpu"]
@@ -958,6 +987,13 @@ def table(result: dict[str, Any]) -> str:
                 else ""
             ),
         ]
+        for name in ("gpu", "gpu-seq"):
+            patched = goal.get(f"{name} vs bare-patch")
+            if patched:
+                lines.append(
+                    f"  against bare-patch ({name}): {signed(patched['bridge_added_ms_p50'])} vs "
+                    f"{signed(patched['bare_added_ms_p50'])} ms = {fmt(patched['ratio'], 2)}x"
+                )
     noise = result["noise"]["other_share_mean"]
     if noise is not None and noise > 0.05:
         lines += ["", f"NOISY: other processes used {noise:.0%} of the machine's CPU during the workloads"]
@@ -1005,6 +1041,7 @@ class Bench:
         self.cp: ControlPlane | None = None
         self.bridge: BridgeServer | None = None
         self.bare: BareWebhook | None = None
+        self.bare_patch: BareWebhook | None = None
         self.api: Api | None = None
         self.kube: Kube | None = None
         self.rows: list[Row] = []
@@ -1041,6 +1078,12 @@ class Bench:
         self.bare = BareWebhook(
             work_dir=self.work_dir / "dra-bridge", cert_dir=self.bridge.cert_dir, ca_pem=self.bridge.ca_pem
         )
+        self.bare_patch = BareWebhook(
+            work_dir=self.work_dir / "dra-bridge",
+            cert_dir=self.bridge.cert_dir,
+            ca_pem=self.bridge.ca_pem,
+            patch=BARE_PATCH,
+        )
         self.probe_namespace = self.namespace("bench-probe", templates=True)
         self.meter = CpuMeter(self.pids)
         self.choose_arms()
@@ -1050,7 +1093,7 @@ class Bench:
         """The arms this release can run: the policy where its API is served, the native mapping where
         a DeviceClass keeps extendedResourceName (by default only where the gate is GA)."""
         assert self.api is not None and self.cp is not None
-        wanted = self.args.arms or list(ARMS)
+        wanted = self.args.arms or list(DEFAULT_ARMS)
         self.map_version = self.api.served_version("admissionregistration.k8s.io", "mutatingadmissionpolicies")
         if self.map_version is None:
             self.skipped["map"] = "the apiserver serves no mutatingadmissionpolicies"
@@ -1069,7 +1112,7 @@ class Bench:
                 log(f"arm {arm} left out: {why}")
 
     def stop(self) -> None:
-        for server in (self.bridge, self.bare):
+        for server in (self.bridge, self.bare, self.bare_patch):
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.stop()
@@ -1084,8 +1127,9 @@ class Bench:
         out = self.cp.pids()
         if self.bridge is not None and self.bridge.proc is not None and self.bridge.proc.poll() is None:
             out["dra-bridge"] = self.bridge.proc.pid
-        if self.bare is not None and self.bare.proc is not None and self.bare.proc.poll() is None:
-            out["bare-webhook"] = self.bare.proc.pid
+        for bare in (self.bare, self.bare_patch):
+            if bare is not None and bare.proc is not None and bare.proc.poll() is None:
+                out["bare-webhook"] = bare.proc.pid
         out["client"] = os.getpid()
         return out
 
@@ -1101,11 +1145,18 @@ class Bench:
 
     # arms: switch on, check it is in effect; switch off, check it is gone
 
+    def server(self, arm: str) -> BridgeServer | BareWebhook:
+        server = {"bare": self.bare, "bare-patch": self.bare_patch, "bridge": self.bridge}[arm]
+        assert server is not None
+        return server
+
     def self_counts(self) -> dict[str, float]:
-        if self.active == "bare" and self.bare is not None:
-            return {k: float(v) for k, v in self.bare.counts().items()}
         if self.active == "bridge" and self.bridge is not None:
             return bridge_decisions(self.bridge)
+        if self.active in ("bare", "bare-patch"):
+            server = self.server(self.active)
+            assert isinstance(server, BareWebhook)
+            return {k: float(v) for k, v in server.counts().items()}
         return {}
 
     def enter(self, arm: str) -> float:
@@ -1113,12 +1164,12 @@ class Bench:
         started = time.monotonic()
         api, ns = self.api, self.probe_namespace
         if arm in WEBHOOK_ARMS:
-            server = self.bridge if arm == "bridge" else self.bare
+            server = self.server(arm)
             server.start()
             self.kube.apply(webhook_configurations(port=server.port, ca_pem=server.ca_pem))
         self.active = arm
-        if arm == "bridge":
-            wait(lambda: api.probe_converted(ns), 60, "the apiserver to call dra-bridge")
+        if arm in ("bridge", "bare-patch"):
+            wait(lambda: api.probe_converted(ns), 60, f"the apiserver to call the {arm} webhook")
         elif arm == "bare":
             bare = self.bare
 
@@ -1146,8 +1197,8 @@ class Bench:
         if arm in WEBHOOK_ARMS:
             for kind, name in WEBHOOK_CONFIGS:
                 self.kube.kubectl("delete", kind, name, "--ignore-not-found")
-            if arm == "bridge":
-                wait(lambda: not api.probe_converted(ns), 60, "the apiserver to stop calling dra-bridge")
+            if arm in ("bridge", "bare-patch"):
+                wait(lambda: not api.probe_converted(ns), 60, f"the apiserver to stop calling the {arm} webhook")
             else:
                 bare = self.bare
 
@@ -1158,7 +1209,7 @@ class Bench:
 
                 wait(not_called, 60, "the apiserver to stop calling the bare webhook")
             time.sleep(1.0)  # the validating configuration goes away through the same informer; be generous
-            (self.bridge if arm == "bridge" else self.bare).stop()
+            self.server(arm).stop()
         elif arm == "map":
             self.kube.kubectl("delete", "mutatingadmissionpolicybinding", MAP_NAME, "--ignore-not-found")
             self.kube.kubectl("delete", "mutatingadmissionpolicy", MAP_NAME, "--ignore-not-found")
@@ -1173,7 +1224,7 @@ class Bench:
         args = self.args
         log(f"rep {rep} arm {arm}: preparing")
         switch_on = self.enter(arm)
-        templates = arm == "map"
+        templates = arm in TEMPLATE_ARMS
         plan = [(w, self.namespace(f"{arm}-{w.name}-r{rep}", templates=templates)) for w in workloads(args)]
         if args.warmup:
             warm_ns = self.namespace(f"{arm}-warmup-r{rep}", templates=templates)
