@@ -1,5 +1,5 @@
-"""bench/e2e.py at toy scale: the real control plane, Pods created in every arm (no webhook, the bare
-webhook, dra-bridge, the MutatingAdmissionPolicy; the native mapping where the release has it GA),
+"""bench/e2e.py at toy scale: the real control plane, Pods created in every arm but the native mapping
+(no webhook, the bare webhook, the bare webhook that patches, dra-bridge, the MutatingAdmissionPolicy),
 every response checked, the result file complete.
 
 Timing is not asserted. Like the end-to-end tests, skipped when the control plane cannot be built
@@ -37,6 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--plain", str(PLAIN),
         "--warmup", str(WARMUP),
         "--reps", "1",
+        "--arms", "none,bare,bare-patch,bridge,map",
         "--quiet-wait", "2",
         "--out", str(out),
     ]  # fmt: skip
@@ -53,8 +54,7 @@ def test_every_arm_created_and_checked_every_pod(result: dict[str, Any]) -> None
     rows = {(r["arm"], r["workload"]): r for r in result["rows"]}
     expected = {"gpu": PODS, "gpu-seq": SEQUENTIAL, "no-gpu": PLAIN}
     arms = result["arms"]
-    assert {"none", "bare", "bridge", "map"} <= set(arms), (arms, result["skipped_arms"])
-    assert ("native" in arms) == (result["control_plane"]["native_mapping"] == "GA")
+    assert arms == ["none", "bare", "bare-patch", "bridge", "map"], (arms, result["skipped_arms"])
     assert set(rows) == {(arm, name) for arm in arms for name in expected}
     for (arm, name), row in rows.items():
         assert row["pods"] == expected[name], (arm, name)
@@ -77,13 +77,17 @@ def test_each_arm_made_its_calls(result: dict[str, Any]) -> None:
     bare = rows[("bare", "gpu")]
     assert bare["calls"] == {mutate: PODS, validate: PODS}, bare["calls"]
     assert bare["self_counted_calls"] == {"/mutate": PODS, "/validate": PODS}, bare["self_counted_calls"]
+    # The bare webhook that patches: the same three calls per GPU Pod as dra-bridge.
+    patched = rows[("bare-patch", "gpu")]
+    assert patched["calls"] == {mutate: PODS, validate: PODS, claims: PODS}, patched["calls"]
+    assert patched["self_counted_calls"] == {"/mutate": PODS, "/validate": 2 * PODS}, patched["self_counted_calls"]
     # The policy: evaluated once per GPU Pod inside the apiserver, no webhook.
     policy = rows[("map", "gpu")]["calls"]
     assert policy == {"policy whole-gpu-to-dra no_error": PODS}, policy
     # matchConditions: a Pod without GPU requests never reaches a webhook; no calls without one.
     for arm in result["arms"]:
         assert not rows[(arm, "no-gpu")]["calls"], arm
-        if arm not in ("bare", "bridge", "map"):
+        if arm == "none":
             for name in ("gpu", "gpu-seq"):
                 assert not rows[(arm, name)]["calls"], (arm, name)
     assert "dra-bridge" in rows[("bridge", "gpu")]["cpu_ms_per_pod"]  # measured while it ran
@@ -97,9 +101,9 @@ def test_summary_compares_every_arm_with_none(result: dict[str, Any]) -> None:
         assert set(arms) == set(result["arms"]), name
         for arm, entry in arms.items():
             assert entry["added_ms_p50"] is not None and entry["ratio_p99"] is not None, (name, arm)
-            assert [r["rep"] for r in entry["per_rep"]] == [1], (name, arm)
+            assert [r["rep"] for r in entry["per_rep"]] == ([] if arm == "none" else [1]), (name, arm)
     assert summary["gpu"]["bare"]["webhook_calls_per_pod"] == 2
-    assert set(result["target"]) >= {"limit", "gpu", "pass"}
+    assert set(result["target"]) >= {"limit", "gpu", "pass", "gpu vs bare-patch"}
     assert result["control_plane"]["version"].startswith("v1.")
     assert result["control_plane"]["mutating_admission_policy"].startswith("admissionregistration.k8s.io/v1")
     assert "bench/e2e.py" in result["command"] and result["date"]
