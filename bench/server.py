@@ -239,8 +239,9 @@ def run_ceiling(args: argparse.Namespace) -> None:
 
     emit("imported")
     context = server_ssl_context(cert_file=args.cert_dir / "tls.crt", key_file=args.cert_dir / "tls.key")
+    patch = json.loads(args.patch.read_text()) if args.patch else None
     server = webhook_server.uvicorn_server(
-        create_ceiling_app(), context, host=args.host, port=args.port, log_level="warning"
+        create_ceiling_app(patch), context, host=args.host, port=args.port, log_level="warning"
     )
     emit("serving", port=args.port)
     profiles = ThreadProfiles(args.cprofile) if args.cprofile else None
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reservation-ttl", dest="reservation_ttl", type=float)
     parser.add_argument("--audit-file", dest="audit_file")
     parser.add_argument("--devices", type=int, help="published GPUs (and the project's DeviceClasses)")
+    parser.add_argument("--patch", type=Path, help="the ceiling: a JSON Patch file /mutate answers with")
     parser.add_argument("--cprofile", type=Path, help="profile every thread (CPU time) and write pstats here on exit")
     args = parser.parse_args(argv)
     spec = parse_spec(args)

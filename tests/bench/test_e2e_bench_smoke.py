@@ -1,5 +1,6 @@
-"""bench/e2e.py at toy scale: the real control plane, Pods created without and with the registered
-webhooks, every response checked, the result file complete.
+"""bench/e2e.py at toy scale: the real control plane, Pods created in every arm but the native mapping
+(no webhook, the bare webhook, the bare webhook that patches, dra-bridge, the MutatingAdmissionPolicy),
+every response checked, the result file complete.
 
 Timing is not asserted. Like the end-to-end tests, skipped when the control plane cannot be built
 (no cached binaries and no Go), unless ``DRA_BRIDGE_E2E=require`` turns that into a failure.
@@ -36,6 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--plain", str(PLAIN),
         "--warmup", str(WARMUP),
         "--reps", "1",
+        "--arms", "none,bare,bare-patch,bridge,map",
         "--quiet-wait", "2",
         "--out", str(out),
     ]  # fmt: skip
@@ -43,43 +45,65 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert proc.returncode == 0, (
         f"bench/e2e.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     )
-    assert str(out) in proc.stdout and "x p99" in proc.stdout, proc.stdout[-2000:]
+    assert str(out) in proc.stdout and "x p99" in proc.stdout and "target:" in proc.stdout, proc.stdout[-2000:]
     loaded: dict[str, Any] = json.loads(out.read_text())
     return loaded
 
 
-def test_both_phases_created_and_checked_every_pod(result: dict[str, Any]) -> None:
-    rows = {(r["phase"], r["workload"]): r for r in result["rows"]}
+def test_every_arm_created_and_checked_every_pod(result: dict[str, Any]) -> None:
+    rows = {(r["arm"], r["workload"]): r for r in result["rows"]}
     expected = {"gpu": PODS, "gpu-seq": SEQUENTIAL, "no-gpu": PLAIN}
-    assert set(rows) == {(phase, name) for phase in ("without", "with") for name in expected}
-    for (phase, name), row in rows.items():
-        assert row["pods"] == expected[name], (phase, name)
+    arms = result["arms"]
+    assert arms == ["none", "bare", "bare-patch", "bridge", "map"], (arms, result["skipped_arms"])
+    assert set(rows) == {(arm, name) for arm in arms for name in expected}
+    for (arm, name), row in rows.items():
+        assert row["pods"] == expected[name], (arm, name)
         assert row["created"] == expected[name] and row["failures"] == 0, row
         assert row["settle_error"] is None, row
         for key in ("p50", "p90", "p99", "max"):
-            assert row["latency_ms"][key] is not None and row["latency_ms"][key] > 0, (phase, name, key)
+            assert row["latency_ms"][key] is not None and row["latency_ms"][key] > 0, (arm, name, key)
     assert result["failures"] == 0
 
 
-def test_the_webhooks_ran_only_with_them_registered(result: dict[str, Any]) -> None:
-    rows = {(r["phase"], r["workload"]): r for r in result["rows"]}
+def test_each_arm_made_its_calls(result: dict[str, Any]) -> None:
+    rows = {(r["arm"], r["workload"]): r for r in result["rows"]}
     mutate = "pods.mutate.dra-bridge.io admit CREATE"
-    with_gpu = rows[("with", "gpu")]["apiserver"]
-    # The apiserver called the mutating webhook once per GPU Pod and the claim webhook per claim.
-    assert with_gpu["webhooks"][mutate]["count"] == PODS
-    assert with_gpu["webhooks"]["resourceclaims.validate.dra-bridge.io validating CREATE"]["count"] == PODS
-    # matchConditions: a Pod without GPU requests never reaches dra-bridge.
-    assert not rows[("with", "no-gpu")]["apiserver"].get("webhooks")
-    for name in ("gpu", "gpu-seq", "no-gpu"):
-        assert not rows[("without", name)]["apiserver"].get("webhooks"), name
-    assert "dra-bridge" in rows[("with", "gpu")]["cpu_ms_per_pod"]  # measured while it ran
+    validate = "pods.validate.dra-bridge.io validating CREATE"
+    claims = "resourceclaims.validate.dra-bridge.io validating CREATE"
+    # dra-bridge: the mutating and the Pod's validating webhook once per GPU Pod, the claim webhook per claim.
+    bridge = rows[("bridge", "gpu")]["calls"]
+    assert bridge[mutate] == PODS and bridge[validate] == PODS and bridge[claims] == PODS, bridge
+    # The bare webhook: the same two calls per GPU Pod (it never patches, so no claim), counted on both ends.
+    bare = rows[("bare", "gpu")]
+    assert bare["calls"] == {mutate: PODS, validate: PODS}, bare["calls"]
+    assert bare["self_counted_calls"] == {"/mutate": PODS, "/validate": PODS}, bare["self_counted_calls"]
+    # The bare webhook that patches: the same three calls per GPU Pod as dra-bridge.
+    patched = rows[("bare-patch", "gpu")]
+    assert patched["calls"] == {mutate: PODS, validate: PODS, claims: PODS}, patched["calls"]
+    assert patched["self_counted_calls"] == {"/mutate": PODS, "/validate": 2 * PODS}, patched["self_counted_calls"]
+    # The policy: evaluated once per GPU Pod inside the apiserver, no webhook.
+    policy = rows[("map", "gpu")]["calls"]
+    assert policy == {"policy whole-gpu-to-dra no_error": PODS}, policy
+    # matchConditions: a Pod without GPU requests never reaches a webhook; no calls without one.
+    for arm in result["arms"]:
+        assert not rows[(arm, "no-gpu")]["calls"], arm
+        if arm == "none":
+            for name in ("gpu", "gpu-seq"):
+                assert not rows[(arm, name)]["calls"], (arm, name)
+    assert "dra-bridge" in rows[("bridge", "gpu")]["cpu_ms_per_pod"]  # measured while it ran
+    assert "bare-webhook" in rows[("bare", "gpu")]["cpu_ms_per_pod"]
 
 
-def test_summary_compares_the_phases(result: dict[str, Any]) -> None:
+def test_summary_compares_every_arm_with_none(result: dict[str, Any]) -> None:
     summary = result["summary"]
     assert set(summary) == {"gpu", "gpu-seq", "no-gpu"}
-    for name, entry in summary.items():
-        assert entry["ratio_p50"] is not None and entry["ratio_p99"] is not None, name
-        assert [r["rep"] for r in entry["per_rep"]] == [1], name
+    for name, arms in summary.items():
+        assert set(arms) == set(result["arms"]), name
+        for arm, entry in arms.items():
+            assert entry["added_ms_p50"] is not None and entry["ratio_p99"] is not None, (name, arm)
+            assert [r["rep"] for r in entry["per_rep"]] == ([] if arm == "none" else [1]), (name, arm)
+    assert summary["gpu"]["bare"]["webhook_calls_per_pod"] == 2
+    assert set(result["target"]) >= {"limit", "gpu", "pass", "gpu vs bare-patch"}
     assert result["control_plane"]["version"].startswith("v1.")
+    assert result["control_plane"]["mutating_admission_policy"].startswith("admissionregistration.k8s.io/v1")
     assert "bench/e2e.py" in result["command"] and result["date"]
