@@ -15,6 +15,7 @@ requests of 8 alternatives per claim), so a compiled rule's work is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -47,6 +48,11 @@ class CelEvaluationError(RuntimeError):
     """A rule failed at evaluation time (a missing field, a type error)."""
 
 
+MEMO_ENTRIES = 256  # results a rule keeps, one per distinct input it reads; the oldest goes first
+MEMO_KEY_NODES = 256  # an input larger than this (values, lists and maps counted) is not memoised
+Path = tuple[str, ...]  # a variable and the fields read from it: ``("claim", "charge", "memory")``
+
+
 @dataclass(frozen=True)
 class Program:
     expression: str
@@ -54,15 +60,51 @@ class Program:
     _runner: Any
     uses: frozenset[str] = frozenset()  # the variables the expression reads
     _transpiled: Any = None  # celpy's Transpiler for the same expression, or None
+    # What the rule reads: one path per access to a variable, as far as its fields are named
+    # (``claim.spec.devices.requests.all(...)`` reads ``claim.spec.devices.requests`` whole). The
+    # rule's value is a function of the values at these paths, so it is memoised on them. None where
+    # the paths cannot be told from the syntax tree (then every evaluation runs the rule).
+    paths: tuple[Path, ...] | None = None
     # How often the transpiled code answered and failed: a rule whose transpiled code keeps failing
     # (``pod == null || has(pod.metadata)`` for claims) goes to the interpreter directly.
     _record: list[int] = field(default_factory=lambda: [0, 0], compare=False, repr=False)
+    # Input key -> (True, value) or (False, error message), insertion-ordered for eviction.
+    _memo: dict[Any, tuple[bool, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def evaluate(self, activation: Mapping[str, Any] | Activation) -> Any:
         """Evaluate with plain-Python data (dicts, lists, str, int, bool, None), or with an
-        ``Activation`` shared by several rules so each variable is converted once per decision."""
+        ``Activation`` shared by several rules so each input is read once per decision.
+
+        A rule runs once per distinct input: its value (or its error) is kept keyed on exactly the
+        values at the paths it reads, so rules whose inputs repeat (the request's kind, the claim's
+        charge) cost a lookup, and those reading what changes every admission (the tenant's usage)
+        still run. Only the fields a rule reads are converted to CEL values."""
         shared = activation if isinstance(activation, Activation) else Activation(activation)
-        cel_activation = shared.for_names(self.uses)
+        key = shared.key(self) if self.paths is not None else None
+        if key is None:  # not memoisable: the whole variables, as they are
+            return self._run(shared, shared.for_names(self.uses))
+        found = self._memo.get(key)
+        if found is not None:
+            ok, value = found
+            if ok:
+                return value
+            raise CelEvaluationError(value)
+        try:
+            value = self._run(shared, shared.partial(self))
+        except CelEvaluationError as err:
+            self._remember(key, (False, str(err)))
+            raise
+        self._remember(key, (True, value))
+        return value
+
+    def _remember(self, key: Any, outcome: tuple[bool, Any]) -> None:
+        memo = self._memo
+        if len(memo) >= MEMO_ENTRIES:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted it first
+                del memo[next(iter(memo))]
+        memo[key] = outcome
+
+    def _run(self, shared: Activation, cel_activation: Mapping[str, Any]) -> Any:
         answered, failed = self._record
         if self._transpiled is not None and failed <= 2 * answered + 2:
             fast = _run_transpiled(self._transpiled, shared.transpiler_activation(self._transpiled, cel_activation))
@@ -83,26 +125,40 @@ class Program:
         return result
 
 
+_ACTIVATION_ATTRIBUTES = frozenset(dir(celpy.evaluation.Activation()))  # never shadowed by a variable
+
+
 class Activation:
-    """Rule variables, converted to CEL values on first use and kept: converting a whole Pod
-    costs more than most rules do, so a decision converts each variable at most once."""
+    """Rule variables for one decision, read once and shared by its rules: a variable converted to
+    a CEL value at most once, a path walked and its value made a memo key at most once."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self._values = values
         self._converted: dict[str, Any] = {}
         self._transpiler: Any = None  # celpy's activation for transpiled rules, shared by the decision's rules
-        self._loaded: set[str] = set()
+        self._plain: dict[str, bool] = {}  # variable -> holds only JSON values CEL can hold
+        self._walked: dict[Path, tuple[int, Any, Any]] = {}  # path -> (fields walked, value there, its key)
+        self._partials: dict[tuple[Path, ...], dict[str, Any]] = {}
 
     def transpiler_activation(self, transpiled: Any, cel_values: Mapping[str, Any]) -> Any:
         """One celpy activation for every transpiled rule of the decision (rules compiled alike
-        share their base), cloned once and loaded with each variable once."""
-        if self._transpiler is None:
-            self._transpiler = transpiled.base_activation.clone()
-        new = {k: v for k, v in cel_values.items() if k not in self._loaded}
-        if new:
-            self._transpiler.identifiers.load_values(new)
-            self._loaded.update(new)
-        return self._transpiler
+        share their base), cloned once; each run loads the values its rule reads.
+
+        Transpiled code reads a variable as ``activation.claim``; celpy answers through
+        ``__getattr__``, a name resolution that costs more than most rules (it formats debug
+        messages and builds ``typing`` unions on every call). The values are set as attributes too,
+        so that read finds them directly: the same values, as ``__getattr__`` would return them.
+        Comprehension bodies run in nested activations and resolve names as celpy does."""
+        activation = self._transpiler
+        if activation is None:
+            activation = self._transpiler = transpiled.base_activation.clone()
+        if cel_values:
+            activation.identifiers.load_values(cel_values)
+            attributes = vars(activation)
+            for name, value in cel_values.items():
+                if name not in _ACTIVATION_ATTRIBUTES:
+                    attributes[name] = value
+        return activation
 
     def for_names(self, names: frozenset[str]) -> dict[str, Any]:
         """The CEL values of ``names``; raises ``CelEvaluationError`` for one CEL cannot hold.
@@ -122,6 +178,142 @@ class Activation:
             if name in self._converted:
                 out[name] = self._converted[name]
         return out
+
+    def key(self, program: Program) -> Any:
+        """The memo key of ``program`` on this decision's values: what is at each path it reads.
+        None where it cannot be memoised: a variable CEL cannot hold whole (``for_names`` then
+        raises, as it does without the memo: a rule on a variable with an integer beyond 64 bits
+        fails whatever field it reads), a variable the decision lacks (celpy's error then prints
+        every variable), or an input too large to keep."""
+        for name in program.uses:
+            plain = self._plain.get(name)
+            if plain is None:  # a variable the decision lacks is an error that prints the activation
+                plain = self._plain[name] = name in self._values and _plain_json(self._values[name])
+            if not plain:
+                return None
+        parts = []
+        for path in program.paths or ():
+            walked = self._walked.get(path)
+            if walked is None:
+                walked = self._walked[path] = self._walk(path)
+            if walked[2] is _TOO_LARGE:
+                return None
+            parts.append((walked[0], walked[2]))
+        return tuple(parts)
+
+    def _walk(self, path: Path) -> tuple[int, Any, Any]:
+        node = self._values[path[0]]
+        depth = 0
+        for name in path[1:]:
+            if type(node) is not dict or name not in node:
+                break  # the rule reads past here and fails or asks ``has``: the container decides
+            node = node[name]
+            depth += 1
+        budget = [MEMO_KEY_NODES]
+        try:
+            frozen = _freeze(node, budget)
+        except _TooLarge:
+            frozen = _TOO_LARGE
+        return depth, node, frozen
+
+    def partial(self, program: Program) -> dict[str, Any]:
+        """CEL values of the program's variables holding only what it reads: each path's value
+        whole (where a walk stopped short, the value it stopped at), its ancestors as maps of the
+        named fields alone. ``key`` must have walked the paths."""
+        paths = program.paths or ()
+        cached = self._partials.get(paths)
+        if cached is not None:
+            return cached
+        reached: dict[str, list[Path]] = {}
+        for path in paths:
+            reached.setdefault(path[0], []).append(path[1 : 1 + self._walked[path][0]])
+        out = {name: _to_cel(_pruned(self._values[name], suffixes)) for name, suffixes in reached.items()}
+        self._partials[paths] = out
+        return out
+
+
+def _pruned(node: Any, suffixes: list[Path]) -> Any:
+    """``node`` with only the fields on ``suffixes`` (each ends at a value kept whole)."""
+    if any(not suffix for suffix in suffixes):
+        return node
+    fields: dict[str, list[Path]] = {}
+    for suffix in suffixes:
+        fields.setdefault(suffix[0], []).append(suffix[1:])
+    return {name: _pruned(node[name], rest) for name, rest in fields.items()}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+_TOO_LARGE = object()
+
+
+def _freeze(value: Any, budget: list[int]) -> Any:
+    """A hashable key equal for two values only where CEL cannot tell them apart: types are part of
+    it (``1``, ``1.0`` and ``true`` are equal in Python, not in CEL), map order too (iteration
+    follows it), floats by their bits (``-0.0``)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge
+    kind = type(value)
+    if kind is str or value is None:
+        return value
+    if kind is int or kind is bool:
+        return (kind, value)
+    if kind is float:
+        return (float, value.hex())
+    if kind is dict:
+        return (dict, tuple((_freeze(k, budget), _freeze(v, budget)) for k, v in value.items()))
+    if kind is list or kind is tuple:
+        return (list, tuple(_freeze(v, budget) for v in value))
+    raise _TooLarge  # anything else is not memoised
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _to_cel(value: Any) -> Any:
+    """``json_to_cel`` for a value ``_plain_json`` accepted, building the same CEL values without
+    celpy's checks (``IntType(n)`` wraps a range check in a new function on every call)."""
+    kind = type(value)
+    if kind is str:
+        return str.__new__(celtypes.StringType, value)
+    if kind is dict:
+        cel_map = celtypes.MapType()
+        dict.update(cel_map, {str.__new__(celtypes.StringType, k): _to_cel(v) for k, v in value.items()})
+        return cel_map
+    if kind is int:
+        return int.__new__(celtypes.IntType, value)
+    if kind is bool:
+        return int.__new__(celtypes.BoolType, value)
+    if kind is list or kind is tuple:
+        return celtypes.ListType([_to_cel(v) for v in value])
+    if kind is float:
+        return float.__new__(celtypes.DoubleType, value)
+    return None
+
+
+def _plain_json(value: Any) -> bool:
+    """True when ``value`` holds only what ``json_to_cel`` converts without error: dicts with string
+    keys, lists, strings, booleans, floats, None and integers within 64 bits."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for k, v in node.items():
+                if type(k) is not str:
+                    return False
+                stack.append(v)
+        elif kind is list or kind is tuple:
+            stack.extend(node)
+        elif kind is int:
+            if node not in _INT64:
+                return False
+        elif not (kind is str or kind is bool or kind is float or node is None):
+            return False
+    return True
 
 
 def _beyond_int64(value: Any, where: str) -> str | None:
@@ -217,8 +409,53 @@ def compile_rule(expression: str, *, variables: frozenset[str]) -> Program:
         except Exception:  # an expression the transpiler cannot handle runs interpreted
             transpiled = None
     return Program(
-        expression=expression, nodes=nodes, _runner=runner, uses=frozenset(used & variables), _transpiled=transpiled
+        expression=expression,
+        nodes=nodes,
+        _runner=runner,
+        uses=frozenset(used & variables),
+        _transpiled=transpiled,
+        paths=_read_paths(ast, variables),
     )
+
+
+def _read_paths(tree: Tree[Any], variables: frozenset[str]) -> tuple[Path, ...] | None:
+    """Every access to a variable, as far as its fields are named: ``claim.charge.memory`` is
+    ``("claim", "charge", "memory")``; an index, a method or a macro reads the value it applies to
+    whole. None where that cannot be told: a comprehension variable named as a rule variable, or a
+    variable reached otherwise than through these chains."""
+    if _MACRO_VARIABLES(tree) & variables:
+        return None
+    paths: list[Path] = []
+
+    def chain(member: Tree[Any]) -> Path | None:
+        child = member.children[0]
+        if not isinstance(child, Tree):
+            return None
+        if child.data == "primary":
+            first = child.children[0] if child.children else None
+            if isinstance(first, Tree) and first.data == "ident" and str(first.children[0]) in variables:
+                return (str(first.children[0]),)
+            return None
+        if child.data == "member_dot" and len(child.children) == 2 and isinstance(child.children[0], Tree):
+            base = chain(child.children[0])
+            return None if base is None else (*base, str(child.children[1]))
+        return None
+
+    def visit(node: Tree[Any]) -> None:
+        if node.data == "member":
+            found = chain(node)
+            if found is not None:
+                paths.append(found)
+                return
+        for child in node.children:
+            if isinstance(child, Tree):
+                visit(child)
+
+    visit(tree)
+    reads = sum(1 for node in tree.iter_subtrees() if node.data == "ident" and str(node.children[0]) in variables)
+    if reads != len(paths):
+        return None
+    return tuple(sorted(set(paths)))
 
 
 def _macro_depth(tree: Tree[Any]) -> int:

@@ -83,12 +83,68 @@ def outcome(run: Any) -> Any:
         return ("error", str(err))
 
 
+def varied() -> list[dict[str, Any]]:
+    """The inputs above and variations of each on fields rules read and fields they do not: the
+    memo must hit on the second and miss on the first."""
+    out = []
+    for n, base in enumerate(inputs()):
+        out.append(base)
+        claim, tenant, request = base["claim"], base["tenant"], base["request"]
+        out.append({**base, "claim": {**claim, "name": f"c{n}x"}})  # read by two rules
+        out.append({**base, "claim": {**claim, "labels": {"x": "b", **claim["labels"]}}})  # map order
+        out.append({**base, "tenant": {**tenant, "usage": {**tenant["usage"], "claims": 99 + n}}})
+        out.append({**base, "tenant": {**tenant, "limits": {**tenant["limits"], "devices": {"*": 1}}}})
+        out.append({**base, "request": {**request, "groups": [*request["groups"], "system:masters"]}})
+        out.append(
+            {**base, "claim": {**claim, "spec": {"devices": {"requests": [{"name": "", "exactly": {"count": 200}}]}}}}
+        )
+        charge = claim["charge"]
+        out.append({**base, "claim": {**claim, "charge": {**charge, "totalDevices": True, "compute": 100.0}}})  # types
+        out.append({**base, "claim": {**claim, "charge": {**charge, "memory": 2**70}}})  # beyond int64: fails closed
+        out.append({**base, "claim": {**claim, "charge": {**charge, "claims": 2**63 - 1}}})
+        out.append({k: v for k, v in base.items() if k != "pod"})  # a variable the decision lacks
+        out.append({**base, "pod": {"metadata": {"name": "x"}}})  # no labels
+        out.append({**base, "pod": {"metadata": "not a map"}})
+    return out
+
+
+def reference(program: Any, values: dict[str, Any]) -> Any:
+    """The interpreter on the whole variables, without the memo or the transpiled code."""
+    return outcome(lambda: program.interpret(Activation(values).for_names(program.uses)))
+
+
 @pytest.mark.parametrize("expression", CORPUS)
 def test_the_transpiled_rule_answers_as_the_interpreter_does(expression: str) -> None:
     program = compile_rule(expression, variables=RULE_VARIABLES)
     for values in inputs():
-        reference = outcome(lambda v=values: program.interpret(Activation(v).for_names(program.uses)))
-        assert outcome(lambda v=values: program.evaluate(Activation(v))) == reference, (expression, values["request"])
+        assert outcome(lambda v=values: program.evaluate(Activation(v))) == reference(program, values), (
+            expression,
+            values["request"],
+        )
+
+
+@pytest.mark.parametrize("expression", CORPUS)
+def test_the_memoised_rule_answers_as_the_interpreter_does_on_repeated_and_varied_inputs(expression: str) -> None:
+    """Every input twice, interleaved, one program: the first evaluation of each fills the memo,
+    the second may answer from it; both must be the interpreter's answer on that input."""
+    program = compile_rule(expression, variables=RULE_VARIABLES)
+    cases = varied()
+    expected = [reference(program, values) for values in cases]
+    for _ in range(2):
+        for values, want in zip(cases, expected, strict=True):
+            assert outcome(lambda v=values: program.evaluate(Activation(v))) == want, (expression, values)
+    shared = Activation(cases[0])  # one decision's activation shared by every rule, as check() does
+    for other in CORPUS:
+        rule = compile_rule(other, variables=RULE_VARIABLES)
+        assert outcome(lambda r=rule: r.evaluate(shared)) == reference(rule, cases[0]), other
+
+
+def test_most_rules_are_memoised() -> None:
+    programs = [compile_rule(e, variables=RULE_VARIABLES) for e in CORPUS]
+    assert all(p.paths is not None for p in programs)
+    shadowed = compile_rule("request.groups.exists(claim, claim == 'a')", variables=RULE_VARIABLES)
+    assert shadowed.paths is None  # a comprehension variable named as a rule variable: not memoised
+    assert outcome(lambda: shadowed.evaluate(Activation(inputs()[0]))) == reference(shadowed, inputs()[0])
 
 
 def test_most_rules_run_transpiled() -> None:
