@@ -15,11 +15,12 @@ requests of 8 alternatives per claim), so a compiled rule's work is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import operator
 import re
 import threading
 import types
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -49,7 +50,8 @@ class CelEvaluationError(RuntimeError):
 
 
 MEMO_ENTRIES = 256  # results a rule keeps, one per distinct input it reads; the oldest goes first
-MEMO_KEY_NODES = 256  # an input larger than this (values, lists and maps counted) is not memoised
+MEMO_KEY_CHARS = 1024  # an input longer than this (written out) is not memoised
+MEMO_TOTAL_CHARS = 4 * 1024 * 1024  # the inputs kept by all rules together; beyond, a rule evicts its own
 Path = tuple[str, ...]  # a variable and the fields read from it: ``("claim", "charge", "memory")``
 
 
@@ -68,8 +70,11 @@ class Program:
     # How often the transpiled code answered and failed: a rule whose transpiled code keeps failing
     # (``pod == null || has(pod.metadata)`` for claims) goes to the interpreter directly.
     _record: list[int] = field(default_factory=lambda: [0, 0], compare=False, repr=False)
-    # Input key -> (True, value) or (False, error message), insertion-ordered for eviction.
-    _memo: dict[Any, tuple[bool, Any]] = field(default_factory=dict, compare=False, repr=False)
+    # Input key -> (True, value, key size) or (False, error message, key size), oldest first.
+    _memo: dict[Any, tuple[bool, Any, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, _release, self._memo)  # a policy reload drops rules: their memo's share back
 
     def evaluate(self, activation: Mapping[str, Any] | Activation) -> Any:
         """Evaluate with plain-Python data (dicts, lists, str, int, bool, None), or with an
@@ -85,24 +90,29 @@ class Program:
             return self._run(shared, shared.for_names(self.uses))
         found = self._memo.get(key)
         if found is not None:
-            ok, value = found
+            ok, value, _ = found
             if ok:
                 return value
             raise CelEvaluationError(value)
         try:
             value = self._run(shared, shared.partial(self))
         except CelEvaluationError as err:
-            self._remember(key, (False, str(err)))
+            self._remember(key, False, str(err))
             raise
-        self._remember(key, (True, value))
+        self._remember(key, True, value)
         return value
 
-    def _remember(self, key: Any, outcome: tuple[bool, Any]) -> None:
+    def _remember(self, key: tuple[tuple[int, str], ...], ok: bool, value: Any) -> None:
+        """Keep an outcome, the oldest of this rule's going first when it holds ``MEMO_ENTRIES`` or
+        when all rules' inputs together would exceed ``MEMO_TOTAL_CHARS``."""
+        size = sum(len(text) for _, text in key) + 64
         memo = self._memo
-        if len(memo) >= MEMO_ENTRIES:
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted it first
-                del memo[next(iter(memo))]
-        memo[key] = outcome
+        with _memo_lock:
+            while memo and (len(memo) >= MEMO_ENTRIES or _memo_room[0] < size):
+                _memo_room[0] += memo.pop(next(iter(memo)))[2]
+            if _memo_room[0] >= size:
+                memo[key] = (ok, value, size)
+                _memo_room[0] -= size
 
     def _run(self, shared: Activation, cel_activation: Mapping[str, Any]) -> Any:
         answered, failed = self._record
@@ -126,6 +136,14 @@ class Program:
 
 
 _ACTIVATION_ATTRIBUTES = frozenset(dir(celpy.evaluation.Activation()))  # never shadowed by a variable
+_memo_lock = threading.Lock()
+_memo_room = [MEMO_TOTAL_CHARS]  # what all rules' memos may still take
+
+
+def _release(memo: dict[Any, tuple[bool, Any, int]]) -> None:
+    with _memo_lock:
+        _memo_room[0] += sum(size for _, _, size in memo.values())
+        memo.clear()
 
 
 class Activation:
@@ -196,12 +214,20 @@ class Activation:
             walked = self._walked.get(path)
             if walked is None:
                 walked = self._walked[path] = self._walk(path)
-            if walked[2] is _TOO_LARGE:
+            if walked[1] is None:
                 return None
-            parts.append((walked[0], walked[2]))
+            parts.append(walked)
         return tuple(parts)
 
-    def _walk(self, path: Path) -> tuple[int, Any, Any]:
+    def _walk(self, path: Path) -> tuple[int, str | None]:
+        """How many of the path's fields exist, and the value there written out (``repr``), or
+        None where that is longer than ``MEMO_KEY_CHARS``.
+
+        The values hold only dicts, lists, tuples, str, int, float, bool and None (``_plain_json``
+        checked), so equal texts are equal values of equal types: ``1``, ``True`` and ``1.0`` are
+        told apart (Python finds them equal, CEL does not), maps keep their order (iteration
+        follows it), floats are written exactly (``-0.0``). A tuple and a list of the same items are
+        the same CEL list and merely miss each other."""
         node = self._values[path[0]]
         depth = 0
         for name in path[1:]:
@@ -209,12 +235,8 @@ class Activation:
                 break  # the rule reads past here and fails or asks ``has``: the container decides
             node = node[name]
             depth += 1
-        budget = [MEMO_KEY_NODES]
-        try:
-            frozen = _freeze(node, budget)
-        except _TooLarge:
-            frozen = _TOO_LARGE
-        return depth, node, frozen
+        text = repr(node)
+        return depth, (text if len(text) <= MEMO_KEY_CHARS else None)
 
     def partial(self, program: Program) -> dict[str, Any]:
         """CEL values of the program's variables holding only what it reads: each path's value
@@ -227,47 +249,35 @@ class Activation:
         reached: dict[str, list[Path]] = {}
         for path in paths:
             reached.setdefault(path[0], []).append(path[1 : 1 + self._walked[path][0]])
-        out = {name: _to_cel(_pruned(self._values[name], suffixes)) for name, suffixes in reached.items()}
+        out = {name: _partial_cel(self._values[name], suffixes) for name, suffixes in reached.items()}
         self._partials[paths] = out
         return out
 
 
-def _pruned(node: Any, suffixes: list[Path]) -> Any:
-    """``node`` with only the fields on ``suffixes`` (each ends at a value kept whole)."""
+def _partial_cel(node: Any, suffixes: list[Path]) -> Any:
+    """The CEL value of ``node`` with only the fields on ``suffixes``, each ending at a value
+    converted whole (``_to_cel``); the fields on them exist (``Activation._walk`` went there)."""
+    if len(suffixes) == 1:  # most rules read one path of a variable
+        suffix = suffixes[0]
+        for name in suffix:
+            node = node[name]
+        value = _to_cel(node)
+        for name in reversed(suffix):
+            value = _map({name: value})
+        return value
     if any(not suffix for suffix in suffixes):
-        return node
+        return _to_cel(node)
     fields: dict[str, list[Path]] = {}
     for suffix in suffixes:
         fields.setdefault(suffix[0], []).append(suffix[1:])
-    return {name: _pruned(node[name], rest) for name, rest in fields.items()}
+    return _map({name: _partial_cel(node[name], rest) for name, rest in fields.items()})
 
 
-class _TooLarge(Exception):
-    pass
-
-
-_TOO_LARGE = object()
-
-
-def _freeze(value: Any, budget: list[int]) -> Any:
-    """A hashable key equal for two values only where CEL cannot tell them apart: types are part of
-    it (``1``, ``1.0`` and ``true`` are equal in Python, not in CEL), map order too (iteration
-    follows it), floats by their bits (``-0.0``)."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _TooLarge
-    kind = type(value)
-    if kind is str or value is None:
-        return value
-    if kind is int or kind is bool:
-        return (kind, value)
-    if kind is float:
-        return (float, value.hex())
-    if kind is dict:
-        return (dict, tuple((_freeze(k, budget), _freeze(v, budget)) for k, v in value.items()))
-    if kind is list or kind is tuple:
-        return (list, tuple(_freeze(v, budget) for v in value))
-    raise _TooLarge  # anything else is not memoised
+def _map(items: dict[str, Any]) -> Any:
+    """``MapType`` of CEL values keyed by plain strings, as ``json_to_cel`` builds it."""
+    cel_map = celtypes.MapType()
+    dict.update(cel_map, {str.__new__(celtypes.StringType, k): v for k, v in items.items()})
+    return cel_map
 
 
 _INT64 = range(-(2**63), 2**63)
@@ -280,9 +290,7 @@ def _to_cel(value: Any) -> Any:
     if kind is str:
         return str.__new__(celtypes.StringType, value)
     if kind is dict:
-        cel_map = celtypes.MapType()
-        dict.update(cel_map, {str.__new__(celtypes.StringType, k): _to_cel(v) for k, v in value.items()})
-        return cel_map
+        return _map({k: _to_cel(v) for k, v in value.items()})
     if kind is int:
         return int.__new__(celtypes.IntType, value)
     if kind is bool:
@@ -302,17 +310,28 @@ def _plain_json(value: Any) -> bool:
         node = stack.pop()
         kind = type(node)
         if kind is dict:
-            for k, v in node.items():
-                if type(k) is not str:
-                    return False
-                stack.append(v)
+            items: Any = node.values()
+            if any(type(k) is not str for k in node):
+                return False
         elif kind is list or kind is tuple:
-            stack.extend(node)
+            items = node
         elif kind is int:
             if node not in _INT64:
                 return False
-        elif not (kind is str or kind is bool or kind is float or node is None):
+            continue
+        elif kind is str or kind is bool or kind is float or node is None:
+            continue
+        else:
             return False
+        for item in items:  # scalars checked here, containers later
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int:
+                if item not in _INT64:
+                    return False
+                continue
+            stack.append(item)
     return True
 
 
@@ -346,11 +365,26 @@ def _checked_result(activation: Any, expression: Any) -> Any:
 
 
 def _transpiled_scope() -> dict[str, Any]:
-    """Globals for transpiled code: celpy's, with the checked ``result``; one set per thread."""
+    """Globals for transpiled code: celpy's, with the checked ``result``, and integer literals and
+    comparisons that skip building a decorator per call (the same values); one set per thread."""
     scope = dict(celpy.evaluation.result.__globals__)
-    evaluation = types.SimpleNamespace(**{**vars(celpy.evaluation), "result": _checked_result})
-    scope["celpy"] = types.SimpleNamespace(**{**vars(celpy), "evaluation": evaluation})
+    # celpy's bool_lt(a, b) is ``boolean(operator.lt)(a, b)``: a wrapper built on every comparison.
+    comparisons = {
+        f"bool_{name}": celpy.evaluation.boolean(getattr(operator, name))
+        for name in ("lt", "le", "gt", "ge", "eq", "ne")
+    }
+    evaluation = types.SimpleNamespace(**{**vars(celpy.evaluation), **comparisons, "result": _checked_result})
+    literals = types.SimpleNamespace(**{**vars(celtypes), "IntType": _int_type})
+    scope["celpy"] = types.SimpleNamespace(**{**vars(celpy), "evaluation": evaluation, "celtypes": literals})
     return scope
+
+
+def _int_type(source: Any, *args: Any, **kwargs: Any) -> Any:
+    """``celtypes.IntType`` as transpiled code calls it (for integer literals): the same value,
+    without the range-checking wrapper celpy builds anew on every call for a plain int in range."""
+    if type(source) is int and not args and not kwargs and source in _INT64:
+        return int.__new__(celtypes.IntType, source)
+    return celtypes.IntType(source, *args, **kwargs)
 
 
 def _run_transpiled(transpiled: Any, activation: Any) -> Any:

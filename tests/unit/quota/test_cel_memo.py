@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -66,7 +67,7 @@ def test_a_change_deep_inside_a_value_read_whole_is_seen() -> None:
 
 
 def test_values_python_finds_equal_are_told_apart() -> None:
-    """``1 == True == 1.0`` and ``0.0 == -0.0`` in Python; CEL tells them apart, and so does the memo."""
+    """``1 == True == 1.0`` and ``0.0 == -0.0`` in Python, ``str(1) == str("1")``; CEL tells them apart, and so does the memo."""
 
     def answer(program: cel.Program, memory: Any, *, memoised: bool) -> Any:
         try:
@@ -78,7 +79,7 @@ def test_values_python_finds_equal_are_told_apart() -> None:
 
     for expression in ("claim.charge.memory == 1", "string(claim.charge.memory)", "claim.charge.memory + 1 > 1"):
         program = rule(expression)
-        inputs = (1, True, 1.0, 0.0, -0.0, 1, True, 0.0, -0.0)
+        inputs = (1, "1", True, "True", 1.0, 0.0, -0.0, 1, "1", True, "True", 0.0, -0.0)
         got = [answer(program, m, memoised=True) for m in inputs]
         assert got == [answer(program, m, memoised=False) for m in inputs], expression
     text = rule("string(claim.charge.memory)")
@@ -121,14 +122,33 @@ def test_the_memo_is_bounded_and_large_inputs_are_not_kept() -> None:
     for n in range(cel.MEMO_ENTRIES + 50):
         assert program.evaluate(Activation(values(claims=n)))
     assert len(program._memo) == cel.MEMO_ENTRIES
-    assert program.evaluate(Activation(values(claims=-1))) is not None
+    assert not program.evaluate(Activation(values(claims=-1)))
     assert not program.evaluate(Activation(values(claims=-1)))
     whole = rule("size(claim.spec.devices.requests) > 0")
-    before = len(whole._memo)
-    large = [{"name": f"r{i}", "count": i} for i in range(cel.MEMO_KEY_NODES)]
+    large = [{"name": f"r{i}", "count": i} for i in range(cel.MEMO_KEY_CHARS // 10)]
     assert whole.evaluate(Activation(values(requests=large)))
-    assert len(whole._memo) == before
+    assert len(whole._memo) == 0
     assert not whole.evaluate(Activation(values(requests=[])))
+    assert len(whole._memo) == 1
+
+
+def test_all_memos_together_stay_within_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the budget a rule evicts its own oldest entries, never another rule's; a rule dropped
+    (a policy reload) gives its share back."""
+    monkeypatch.setattr(cel, "_memo_room", [1000])  # room for about fifteen small inputs
+    first, second = rule("tenant.usage.claims >= 0"), rule("tenant.usage.claims < 1000")
+    for n in range(8):
+        assert first.evaluate(Activation(values(claims=n)))
+    for n in range(20):
+        assert second.evaluate(Activation(values(claims=n)))
+    assert len(first._memo) == 8  # untouched by the second rule's inputs
+    assert 0 < len(second._memo) < 20
+    assert sum(size for memo in (first._memo, second._memo) for _, _, size in memo.values()) <= 1000
+    assert all(second.evaluate(Activation(values(claims=n))) for n in range(20))  # evicted: evaluated again
+    room = cel._memo_room[0]
+    del first
+    gc.collect()
+    assert cel._memo_room[0] > room
 
 
 def test_a_rule_reads_only_its_paths() -> None:

@@ -29,6 +29,11 @@ CORPUS = (
     "request.kind == 'Pod' ? pod.spec.containers.size() < 10 : true",
     "claim.charge.totalDevices <= 2 && tenant.name.startsWith('t-') && !('system:masters' in request.groups)",
     "size(claim.charge.devices) == 0 || claim.charge.devices.all(k, claim.charge.devices[k] <= 4)",
+    "claim.charge.totalDevices < 0x10 && claim.charge.memory > -9223372036854775808",  # integer literals
+    "claim.charge.memory < 9223372036854775808",  # a literal beyond int64: an overflow error
+    "claim.charge.memory + 9223372036854775807 > 0",  # arithmetic beyond int64: an overflow error
+    "claim.charge.compute <= 100.0",  # int against double: no such overload
+    "tenant.usage.claims != 3 && tenant.usage.claims >= 1u",  # int against uint
 )
 
 
