@@ -155,7 +155,7 @@ class Activation:
         self._converted: dict[str, Any] = {}
         self._transpiler: Any = None  # celpy's activation for transpiled rules, shared by the decision's rules
         self._plain: dict[str, bool] = {}  # variable -> holds only JSON values CEL can hold
-        self._walked: dict[Path, tuple[int, Any, Any]] = {}  # path -> (fields walked, value there, its key)
+        self._walked: dict[Path, tuple[int, str | None]] = {}  # path -> (fields walked, the value there written out)
         self._partials: dict[tuple[Path, ...], dict[str, Any]] = {}
 
     def transpiler_activation(self, transpiled: Any, cel_values: Mapping[str, Any]) -> Any:
