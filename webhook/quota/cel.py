@@ -203,17 +203,12 @@ class Activation:
         raises, as it does without the memo: a rule on a variable with an integer beyond 64 bits
         fails whatever field it reads), a variable the decision lacks (celpy's error then prints
         every variable), or an input too large to keep."""
-        for name in program.uses:
-            plain = self._plain.get(name)
-            if plain is None:  # a variable the decision lacks is an error that prints the activation
-                plain = self._plain[name] = name in self._values and _plain_json(self._values[name])
-            if not plain:
-                return None
         parts = []
-        for path in program.paths or ():
-            walked = self._walked.get(path)
+        walked_paths = self._walked
+        for path in program.paths or ():  # every variable the rule uses heads one of its paths
+            walked = walked_paths.get(path)
             if walked is None:
-                walked = self._walked[path] = self._walk(path)
+                walked = walked_paths[path] = self._walk(path)
             if walked[1] is None:
                 return None
             parts.append(walked)
@@ -221,14 +216,20 @@ class Activation:
 
     def _walk(self, path: Path) -> tuple[int, str | None]:
         """How many of the path's fields exist, and the value there written out (``repr``), or
-        None where that is longer than ``MEMO_KEY_CHARS``.
+        None where that is longer than ``MEMO_KEY_CHARS`` or the variable is not plain JSON.
 
         The values hold only dicts, lists, tuples, str, int, float, bool and None (``_plain_json``
         checked), so equal texts are equal values of equal types: ``1``, ``True`` and ``1.0`` are
         told apart (Python finds them equal, CEL does not), maps keep their order (iteration
         follows it), floats are written exactly (``-0.0``). A tuple and a list of the same items are
         the same CEL list and merely miss each other."""
-        node = self._values[path[0]]
+        name = path[0]
+        plain = self._plain.get(name)
+        if plain is None:  # a variable the decision lacks is an error that prints the activation
+            plain = self._plain[name] = name in self._values and _plain_json(self._values[name])
+        if not plain:
+            return 0, None
+        node = self._values[name]
         depth = 0
         for name in path[1:]:
             if type(node) is not dict or name not in node:
