@@ -11,6 +11,14 @@ through both. celpy has no runtime cost limit, so the cost is bounded statically
 compiled: a cap on the expression's length and syntax-tree size, and on how deeply comprehension
 macros (``all``, ``exists``, ``map``...) nest. The data a rule sees is bounded too (at most 32
 requests of 8 alternatives per claim), so a compiled rule's work is bounded.
+
+A rule runs once per distinct input. Its syntax tree says which paths it reads (``claim.charge.memory``;
+an index, a method or a macro reads the value it applies to whole), and its value or error is kept
+keyed on exactly the values at those paths, so of a tenant's rules only those reading what changes
+every admission (the tenant's usage, the claim's name) run; a miss converts only the fields the rule
+reads. The memo is bounded (per rule and for all rules together) and never answers for a variable
+CEL cannot hold whole: a rule on a variable holding an integer beyond 64 bits fails closed, naming
+the field, whichever field it reads.
 """
 
 from __future__ import annotations
