@@ -227,6 +227,7 @@ def run_dra_bridge(spec: dict[str, Any], args: argparse.Namespace) -> None:
     use_loop = getattr(webhook_server, "_use_uvloop", None)
     if use_loop is not None:
         use_loop()
+    webhook_server.switch_interval(settings)  # and the interpreter's switch interval it sets
     asyncio.run(webhook_server._serve(server, runtime, reloader))
     if profiles is not None:
         profiles.write()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,7 +260,16 @@ def serve(settings: Settings) -> None:
         settings.policies_dir,
     )
     _use_uvloop()
+    switch_interval(settings)
     asyncio.run(_serve(server, runtime, reloader))
+
+
+def switch_interval(settings: Settings) -> float:
+    """Let a waiting thread in after ``gil_switch_interval_seconds`` (0: the interpreter's own);
+    the interval in force."""
+    if settings.gil_switch_interval_seconds > 0:
+        sys.setswitchinterval(settings.gil_switch_interval_seconds)
+    return sys.getswitchinterval()
 
 
 def _use_uvloop() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,15 @@ def test_the_peer_address_is_a_url_the_peers_can_use(given: str, kept: str) -> N
 def test_a_peer_address_that_is_no_https_host_and_port_is_refused_naming_it(bad: str) -> None:
     with pytest.raises(ValueError, match=f"peer_address '{re.escape(bad)}': expected https://<host or IP>:<port>"):
         Settings(peer_address=bad)
+
+
+def test_the_server_lets_waiting_threads_in_sooner_than_the_interpreter_does() -> None:
+    from webhook.serving.server import switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        assert switch_interval(Settings()) == pytest.approx(0.0005)
+        sys.setswitchinterval(0.005)
+        assert switch_interval(Settings(gil_switch_interval_seconds=0)) == pytest.approx(0.005)  # left as it is
+    finally:
+        sys.setswitchinterval(before)
