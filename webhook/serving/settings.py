@@ -86,11 +86,11 @@ class Settings(BaseSettings):
     # over inline_max_bytes are decided on a thread, so the event loop keeps answering small reviews.
     max_pod_containers: int = Field(default=500, ge=1)
     inline_max_bytes: int = Field(default=256 * 1024, ge=0)
-    # How long a thread holds the interpreter before one waiting is let in. The decisions run on the
-    # event loop while watch threads decode the cluster's events; with the interpreter's 5 ms, a
-    # review arriving behind a decoding burst waited for it (bench/e2e.py: the apiserver's mean
-    # mutate call 2.40 -> 1.97 ms at 0.5 ms). 0 keeps the interpreter's own.
-    gil_switch_interval_seconds: float = Field(default=0.0005, ge=0, le=0.1)
+    # How long a thread holds the interpreter before one waiting is let in (0: the interpreter's own,
+    # 5 ms). Decisions run on the event loop while watch threads decode the cluster's events; a
+    # shorter interval let reviews in sooner in one run and made no difference in another
+    # (bench/e2e.py, README "Pod creation side by side"), so it is left to the operator.
+    gil_switch_interval_seconds: float = Field(default=0.0, ge=0, le=0.1)
 
     @field_validator("peer_address")
     @classmethod
