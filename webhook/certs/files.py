@@ -33,6 +33,7 @@ from webhook.certs.issue import (
 )
 
 __all__ = [
+    "BUNDLE_FILE",
     "CA_FILE",
     "CERT_FILE",
     "KEY_FILE",
@@ -40,10 +41,12 @@ __all__ = [
     "atomic_write",
     "ensure_dev_certs",
     "load_pair",
+    "trusted_cas_file",
     "write_pair",
 ]
 
 CA_FILE = "ca.crt"
+BUNDLE_FILE = "ca-bundle.crt"  # every CA to trust: during a CA rollover, the current and the next
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 
@@ -93,6 +96,15 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def trusted_cas_file(directory: Path) -> Path | None:
+    """``ca-bundle.crt`` (during a rollover: both CAs), else ``ca.crt`` (folders made elsewhere:
+    ``serve --dev``, a Secret); None when the folder has neither."""
+    for name in (BUNDLE_FILE, CA_FILE):
+        if (directory / name).exists():
+            return directory / name
+    return None
 
 
 def write_pair(directory: Path, *, ca: KeyPair, serving: KeyPair) -> None:

@@ -393,15 +393,26 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
+def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    """The certificate's subjectAltName DNS names, in the order they were written."""
+    san = _san(cert)
+    return san.get_values_for_type(x509.DNSName) if san is not None else []
+
+
 def san_set(cert: x509.Certificate) -> frozenset[str]:
     """The certificate's subjectAltName entries as ``dns:NAME`` and ``ip:ADDRESS`` strings."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    san = _san(cert)
+    if san is None:
         return frozenset()
-    dns = {f"dns:{n}" for n in san.get_values_for_type(x509.DNSName)}
     ips = {f"ip:{ip}" for ip in san.get_values_for_type(x509.IPAddress)}
-    return frozenset(dns | ips)
+    return frozenset({f"dns:{n}" for n in dns_names(cert)} | ips)
 
 
 def wanted_sans(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> frozenset[str]:

@@ -31,14 +31,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from webhook.certs.files import CA_FILE, CERT_FILE, KEY_FILE, atomic_write, write_pair
+from webhook.certs.files import BUNDLE_FILE, CA_FILE, CERT_FILE, KEY_FILE, atomic_write, trusted_cas_file, write_pair
 from webhook.certs.issue import CertificateError, KeyPair, create_ca, create_serving_cert, service_dns_names
 from webhook.certs.manifests import patch_ca_bundle, secret_manifest
 from webhook.certs.rotate import RotationPhase, RotationResult, ca_bundle, rotate
 from webhook.cli.common import dump_yaml, fail
 
 CA_KEY_FILE = "ca.key"
-BUNDLE_FILE = "ca-bundle.crt"
 NEXT_CA_FILE = "next-ca.crt"
 NEXT_CA_KEY_FILE = "next-ca.key"
 DEFAULT_SERVICE = "dra-bridge"
@@ -419,14 +418,13 @@ def _load_ca(directory: Path, cert_name: str, key_name: str, *, required: bool) 
 
 def _read_bundle(directory: Path) -> bytes:
     """``ca-bundle.crt``, or ``ca.crt`` for folders made elsewhere (``serve --dev``, a Secret)."""
-    for name in (BUNDLE_FILE, CA_FILE):
-        path = directory / name
-        if path.exists():
-            try:
-                return ca_bundle(_read(path))
-            except CertificateError as err:
-                raise UsageError(f"{path}: {err}") from None
-    raise UsageError(f"--dir {directory}: has neither {BUNDLE_FILE} nor {CA_FILE}")
+    path = trusted_cas_file(directory)
+    if path is None:
+        raise UsageError(f"--dir {directory}: has neither {BUNDLE_FILE} nor {CA_FILE}")
+    try:
+        return ca_bundle(_read(path))
+    except CertificateError as err:
+        raise UsageError(f"{path}: {err}") from None
 
 
 def _read(path: Path) -> bytes:

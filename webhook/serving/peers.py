@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
+from webhook.certs.files import BUNDLE_FILE, CA_FILE, CERT_FILE, trusted_cas_file
+from webhook.certs.issue import dns_names
 from webhook.inline import DecidedElsewhere
 from webhook.labels import FORWARDED_HEADER
 
@@ -106,17 +108,13 @@ def peer_context(
     Peers are trusted through the folder's ``ca-bundle.crt`` (during a CA rollover: both CAs), else
     ``ca.crt``, and must present the first DNS name of this replica's own ``tls.crt``. With
     ``client_cert``, this replica presents it (for servers that verify their clients)."""
-    bundle = cert_dir / "ca-bundle.crt"
-    ca_file = bundle if bundle.is_file() else cert_dir / "ca.crt"
+    ca_file = trusted_cas_file(cert_dir)
+    if ca_file is None:
+        raise ValueError(f"{cert_dir}: has neither {BUNDLE_FILE} nor {CA_FILE} to verify peer replicas with")
     context = ssl.create_default_context(cafile=str(ca_file))
     if client_cert is not None:
         context.load_cert_chain(str(client_cert), str(client_key) if client_key is not None else None)
-    certificate = x509.load_pem_x509_certificate((cert_dir / "tls.crt").read_bytes())
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = names.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns = []
-    if not dns:
-        raise ValueError(f"{cert_dir / 'tls.crt'}: no DNS name to verify peer replicas by")
-    return context, dns[0]
+    names = dns_names(x509.load_pem_x509_certificate((cert_dir / CERT_FILE).read_bytes()))
+    if not names:
+        raise ValueError(f"{cert_dir / CERT_FILE}: no DNS name to verify peer replicas by")
+    return context, names[0]
