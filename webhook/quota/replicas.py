@@ -159,26 +159,29 @@ def member_of(lease: dict[str, Any]) -> Member | None:
     annotations = meta.get("annotations") or {}
     spec = lease.get("spec") or {}
     replica, address = annotations.get(REPLICA_ANNOTATION), annotations.get(ADDRESS_ANNOTATION)
-    renewed, duration = spec.get("renewTime"), spec.get("leaseDurationSeconds")
+    at, duration = _renewed_at(lease), spec.get("leaseDurationSeconds")
     if not (isinstance(replica, str) and replica and isinstance(address, str) and address):
         return None
-    if not isinstance(renewed, str) or not isinstance(duration, int) or isinstance(duration, bool):
-        return None
-    try:
-        at = datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    if at is None or not isinstance(duration, int) or isinstance(duration, bool):
         return None
     return Member(replica, address, at + duration)
 
 
+def _renewed_at(lease: dict[str, Any]) -> float | None:
+    """``spec.renewTime`` on the wall clock, None when missing or unreadable."""
+    renewed = (lease.get("spec") or {}).get("renewTime")
+    if not isinstance(renewed, str):
+        return None
+    try:
+        return datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _stale(lease: dict[str, Any], now: float, forget_after: float) -> bool:
     """Renewed more than ``forget_after`` seconds ago (or never readably): a replica long gone."""
-    renewed = (lease.get("spec") or {}).get("renewTime")
-    try:
-        at = datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return True
-    return at + forget_after < now
+    at = _renewed_at(lease)
+    return at is None or at + forget_after < now
 
 
 def owner_among(tenant: str, replicas: Iterable[str]) -> str:

@@ -193,9 +193,7 @@ def _sharing(settings: Settings, cluster: ClusterPort) -> tuple[Replicas | None,
     replicas = Replicas(
         cluster, replica=settings.replica, address=settings.peer_address, duration=settings.replica_lease_seconds
     )
-    context, server_name = peer_context(
-        settings.cert_dir, client_cert=settings.peer_client_cert_file, client_key=settings.peer_client_key_file
-    )
+    context, server_name = _peer_trust(settings)
     forwarder = Forwarder(
         replica=settings.replica,
         context=context,
@@ -204,6 +202,13 @@ def _sharing(settings: Settings, cluster: ClusterPort) -> tuple[Replicas | None,
         timeout=settings.peer_timeout_seconds,
     )
     return replicas, forwarder
+
+
+def _peer_trust(settings: Settings) -> tuple[ssl.SSLContext, str]:
+    """How peers are verified, from the certificate folder as it is now (and what this replica presents)."""
+    return peer_context(
+        settings.cert_dir, client_cert=settings.peer_client_cert_file, client_key=settings.peer_client_key_file
+    )
 
 
 def dev_cluster(policies_dir: Path, inventory_dir: Path | None = None) -> InMemoryCluster:
@@ -371,7 +376,6 @@ async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
 
 
 async def _reload_certs(reloader: CertificateReloader, runtime: Runtime, stop: asyncio.Event) -> None:
-    settings = runtime.settings
     while not stop.is_set():
         await _stopped_within(stop, reloader.interval)
         if reloader.check():
@@ -379,11 +383,7 @@ async def _reload_certs(reloader: CertificateReloader, runtime: Runtime, stop: a
             log.info("serving certificate reloaded; valid until %s", reloader.not_after)
             if runtime.forwarder is not None:  # the peers serve the new pair: trust what signed it
                 try:
-                    context, name = peer_context(
-                        settings.cert_dir,
-                        client_cert=settings.peer_client_cert_file,
-                        client_key=settings.peer_client_key_file,
-                    )
+                    context, name = _peer_trust(runtime.settings)
                 except (OSError, ValueError, ssl.SSLError) as err:
                     log.warning("peer trust not reloaded (%s); the previous one stays", err)
                 else:
