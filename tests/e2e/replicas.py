@@ -432,10 +432,15 @@ def webhook_buckets(cp: ControlPlane, webhook: str = CLAIM_WEBHOOK) -> dict[floa
     """The apiserver's cumulative histogram of its calls to one webhook (all labels summed)."""
     with httpx.Client(base_url=cp.server, verify=tls_context(cp), timeout=30) as client:
         text = client.get("/metrics").text
-    out: dict[float, float] = {}
+    return add_buckets({}, text, _BUCKET, f'name="{webhook}"')
+
+
+def add_buckets(out: dict[float, float], text: str, pattern: re.Pattern[str], label: str) -> dict[float, float]:
+    """Add to ``out`` (upper bound -> count) the histogram buckets in the metrics ``text`` whose
+    line ``pattern`` matches (group 1 the labels, group 2 the count) and whose labels hold ``label``."""
     for line in text.splitlines():
-        m = _BUCKET.match(line)
-        if not m or f'name="{webhook}"' not in m.group(1):
+        m = pattern.match(line)
+        if not m or label not in m.group(1):
             continue
         le = re.search(r'le="([^"]+)"', m.group(1))
         if le:
@@ -479,19 +484,19 @@ _DECISION = re.compile(r"^dra_bridge_admission_duration_seconds_bucket\{(.*)\} (
 def decision_buckets(pair: ReplicaPair, webhook: str = "validate") -> dict[float, float]:
     """The replicas' own cumulative histogram of the time to decide a review, summed."""
     out: dict[float, float] = {}
-    for server in pair.servers.values():
-        if server.proc is None:
+    for _, text in live_metrics(pair):
+        add_buckets(out, text, _DECISION, f'webhook="{webhook}"')
+    return out
+
+
+def live_metrics(pair: ReplicaPair) -> Iterator[tuple[str, str]]:
+    """(name, /metrics text) of each replica that is running and answers."""
+    for name, server in pair.servers.items():
+        if server.proc is None or server.proc.poll() is not None:
             continue
         status, text = server.get("/metrics")
-        for line in text.splitlines() if status == 200 else ():
-            m = _DECISION.match(line)
-            if not m or f'webhook="{webhook}"' not in m.group(1):
-                continue
-            le = re.search(r'le="([^"]+)"', m.group(1))
-            if le:
-                bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
-                out[bound] = out.get(bound, 0.0) + float(m.group(2))
-    return out
+        if status == 200:
+            yield name, text
 
 
 _FORWARDS = re.compile(r'^dra_bridge_quota_forwards_total\{webhook="\w+",outcome="([\w-]+)"\} (\S+)$')
@@ -506,12 +511,9 @@ def counters(pair: ReplicaPair, pattern: re.Pattern[str]) -> dict[str, dict[str,
     tells them apart, group 2 the value), summed per label; an empty mapping for a replica where
     none is counted yet (a counter renders no line before its first count)."""
     out: dict[str, dict[str, float]] = {}
-    for name, server in pair.servers.items():
-        if server.proc is None or server.proc.poll() is not None:
-            continue
-        status, text = server.get("/metrics")
+    for name, text in live_metrics(pair):
         found = out[name] = {}
-        for line in text.splitlines() if status == 200 else ():
+        for line in text.splitlines():
             m = pattern.match(line)
             if m:
                 found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
