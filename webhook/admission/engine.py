@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.admission.converted import Converted, convert
 from webhook.admission.decision import Decision, Webhook
-from webhook.admission.jsonpatch import diff
 from webhook.admission.nodes import NodePools
 from webhook.admission.review import AdmissionRequest, allowed, denied, patched
 from webhook.admission.templates import PlannedTemplates, TemplateProvisioner
@@ -97,12 +97,13 @@ class Admission:
         if rollout == "off":
             return _allow("mutate", request, "rollout-off")
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
-        plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
-        warnings = [_short(f"dra-bridge: {w}") for w in plan.warnings]
-        if not plan.changed:
-            reason = "native-extended-resource" if plan.warnings else "no-legacy-request"
+        index = self._catalogue()
+        converted = convert(pod, index=index, namespace=namespace, native=native, review_bytes=request.review_bytes)
+        warnings = [_short(f"dra-bridge: {w}") for w in converted.warnings]
+        if not converted.changed:
+            reason = "native-extended-resource" if converted.warnings else "no-legacy-request"
             return _allow("mutate", request, reason, warnings=warnings)
-        left = self._left_for_device_plugin(pod, plan)
+        left = self._left_for_device_plugin(pod, converted)
         if left is not None:
             warnings.append(_short(f"dra-bridge: {left}"))
             return Decision(
@@ -114,44 +115,36 @@ class Admission:
                 tenant=self._tenant_name(namespace),
             )
         if rollout == "observe":
-            return self._observed(request, pod, plan, namespace, warnings)
-        for template in plan.templates:  # a dry run's Pod is checked against what the real create makes
+            plan = rewrite_pod(pod, index=index, namespace=namespace, native=native)
+            return self._observed(request, plan, namespace, warnings)
+        for template in converted.templates:  # a dry run's Pod is checked against what the real create makes
             self._planned.remember(template)
         created = tuple(
-            t["metadata"]["name"] for t in plan.templates if self.templates.ensure(t, dry_run=request.dry_run)
+            t["metadata"]["name"] for t in converted.templates if self.templates.ensure(t, dry_run=request.dry_run)
         )
-        patch = diff(pod, plan.pod)
-        for c in plan.conversions:
+        for c in converted.conversions:
             legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
             warnings.append(_short(f"dra-bridge: {c.container}: {legacy} -> {c.summary}"))
         return Decision(
             webhook="mutate",
-            response=patched(request.uid, patch, warnings=warnings),
+            response=patched(request.uid, converted.patch, warnings=warnings),
             outcome="patched",
             reason="converted",
-            message="; ".join(f"{c.container}: {c.summary}" for c in plan.conversions),
-            conversions=plan.conversions,
+            message="; ".join(f"{c.container}: {c.summary}" for c in converted.conversions),
+            conversions=converted.conversions,
             templates_created=created,
             tenant=self._tenant_name(namespace),
         )
 
-    def _left_for_device_plugin(self, pod: dict[str, Any], plan: RewritePlan) -> str | None:
+    def _left_for_device_plugin(self, pod: dict[str, Any], converted: Converted) -> str | None:
         """Why the Pod is left for a device plugin (it may run only on nodes a device plugin serves,
         none of them with the DRA drivers its claims would need), or None: convert it."""
         if self.nodes is None:
             return None
-        index = self._catalogue()
-        drivers = {
-            index.driver_of_class(sub.get("deviceClassName", ""))
-            for template in plan.templates
-            for request in (template.get("spec") or {}).get("spec", {}).get("devices", {}).get("requests", [])
-            for sub in request.get("firstAvailable") or [request.get("exactly") or {}]
-        }
-        legacy = {name for c in plan.conversions for name in c.legacy}
-        if self.nodes.serving(pod, drivers={d for d in drivers if d}, legacy=legacy) != "device-plugin":
+        if self.nodes.serving(pod, drivers=converted.drivers, legacy=converted.legacy) != "device-plugin":
             return None
         return (
-            f"left for the device plugin: the nodes this Pod may run on advertise {', '.join(sorted(legacy))} "
+            f"left for the device plugin: the nodes this Pod may run on advertise {', '.join(sorted(converted.legacy))} "
             "and publish no devices of the DRA drivers its claims would need"
         )
 
@@ -161,9 +154,7 @@ class Admission:
             return "convert"
         return self.quota.policies.current.rollout_for(namespace, self._cluster.namespace_labels(namespace))
 
-    def _observed(
-        self, request: AdmissionRequest, pod: dict[str, Any], plan: RewritePlan, namespace: str, warnings: list[str]
-    ) -> Decision:
+    def _observed(self, request: AdmissionRequest, plan: RewritePlan, namespace: str, warnings: list[str]) -> Decision:
         """Observe mode: admit the Pod unchanged; say what would be converted and what quota would say."""
         for c in plan.conversions:
             legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
@@ -282,8 +273,9 @@ class Admission:
         skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
         if self._settings.require_conversion and not skipped and self._rollout(namespace) == "convert":
-            plan = rewrite_pod(pod, index=self._catalogue(), namespace=namespace, native=native)
-            if plan.changed and self._left_for_device_plugin(pod, plan) is None:
+            index = self._catalogue()
+            plan = rewrite_pod(pod, index=index, namespace=namespace, native=native)  # a converted Pod: at once
+            if plan.changed and self._left_for_device_plugin(pod, Converted.of(pod, plan, index)) is None:
                 names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
                 raise Unconverted(
                     f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA "

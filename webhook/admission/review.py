@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from webhook.admission.jsonpatch import Patch
 
@@ -44,6 +44,17 @@ class AdmissionRequest(_Wire):
     object: dict[str, Any] | None = None
     old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
     dry_run: bool = Field(default=False, alias="dryRun")
+    # Bytes of the review this request came in, as read by the HTTP layer (0: not known); not on the wire.
+    _review_bytes: int = PrivateAttr(default=0)
+
+    @property
+    def review_bytes(self) -> int:
+        return self._review_bytes
+
+    def came_in(self, review_bytes: int) -> AdmissionRequest:
+        """Note the size of the review this request came in; returns the request."""
+        self._review_bytes = review_bytes
+        return self
 
     @property
     def object_name(self) -> str:
@@ -100,10 +111,18 @@ def allowed(uid: str, *, warnings: list[str] | None = None) -> AdmissionResponse
     return AdmissionResponse(uid=uid, allowed=True, warnings=warnings or None)
 
 
-def patched(uid: str, patch: Patch, *, warnings: list[str] | None = None) -> AdmissionResponse:
+def encode_patch(patch: Patch) -> str | None:
+    """A JSON Patch as the response carries it (base64 of its JSON); None for no change."""
     if not patch:
+        return None
+    return base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+
+
+def patched(uid: str, patch: Patch | str | None, *, warnings: list[str] | None = None) -> AdmissionResponse:
+    """Allowed with ``patch`` (operations, or already encoded by ``encode_patch``)."""
+    encoded = patch if isinstance(patch, str) or patch is None else encode_patch(patch)
+    if encoded is None:
         return allowed(uid, warnings=warnings)
-    encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
     return AdmissionResponse(
         uid=uid,
         allowed=True,

@@ -115,6 +115,20 @@ def read_pod(
     return result, annotation_keys, warnings
 
 
+def mentions_legacy(pod: Mapping[str, Any], *, index: CatalogueIndex) -> bool:
+    """Whether ``read_pod`` could find anything in ``pod``: a container resource or a Pod annotation
+    the catalogue knows. False means the Pod is left exactly as it is, without a warning."""
+    spec = pod.get("spec") or {}
+    for field_name in ("initContainers", "containers"):
+        for container in spec.get(field_name) or []:
+            resources = container.get("resources") or {}
+            for section in ("limits", "requests"):
+                if any(index.resource(key) is not None for key in resources.get(section) or ()):
+                    return True
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return any(index.annotation(key) is not None for key in annotations)
+
+
 def read_pins(pod: Mapping[str, Any], source: Source) -> tuple[PinValue, ...]:
     """The model or device pins of ``source`` a Pod carries (annotations, node selector labels)."""
     if not source.pins:

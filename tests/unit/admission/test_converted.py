@@ -1,0 +1,190 @@
+"""The conversion per Pod shape: a memoised answer is exactly what converting that Pod answers.
+
+Differential: a sequence of Pods made from the fuzz seeds and the catalogue's names, each a random
+change of one field of an earlier Pod (identity fields included, so the memo is hit as well as
+missed), goes through ``convert`` on one catalogue; every answer is compared with a fresh
+``rewrite_pod`` of that very Pod. It fails if the key dropped anything the conversion reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import container, pod
+from tests.fuzz.reviews import seeds
+from webhook.admission import converted as memo_module
+from webhook.admission.converted import NOTHING_TO_CONVERT, Converted, ShapeMemo, convert, shape_of
+from webhook.errors import TranslationError
+from webhook.translate.catalogue import CatalogueIndex
+from webhook.translate.legacy import mentions_legacy
+from webhook.translate.rewrite import rewrite_pod
+
+NAMES = ["nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpucores", "nvidia.com/mig-1g.5gb", "amd.com/gpu", "cpu"]
+
+
+def fresh(pod_: dict[str, Any], index: CatalogueIndex, namespace: str = "team-a", **native: str) -> Converted:
+    return Converted.of(pod_, rewrite_pod(pod_, index=index, namespace=namespace, native=native), index)
+
+
+def memo_of(index: CatalogueIndex) -> ShapeMemo:
+    found = index.derived.get(ShapeMemo)
+    assert isinstance(found, ShapeMemo)
+    return found
+
+
+def seed_pods() -> list[dict[str, Any]]:
+    pods = [r["request"]["object"] for _, r in seeds() if r["request"]["kind"]["kind"] == "Pod"]
+    pods += [pod(container("main", limits={name: "1"})) for name in NAMES]
+    return [copy.deepcopy(p) for p in pods]
+
+
+def spots(node: Any, where: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*where, key), node, key
+            yield from spots(value, (*where, key))
+    elif isinstance(node, list):
+        for position, value in enumerate(node):
+            yield (*where, position), node, position
+            yield from spots(value, (*where, position))
+
+
+def changed(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with one field changed: renamed (identity), a number, a legacy name, a key, or removed."""
+    out = copy.deepcopy(base)
+    choice = rng.random()
+    if choice < 0.3:  # another replica of the same workload
+        meta = out.setdefault("metadata", {})
+        meta["name"] = f"replica-{rng.randrange(10**6)}"
+        meta["uid"] = f"uid-{rng.randrange(10**6)}"
+        meta["creationTimestamp"] = "2026-11-30T08:00:00Z"
+        return out
+    places = [s for s in spots(out) if s[0][:2] != ("metadata", "name")]
+    path, parent, key = rng.choice(places)
+    value = parent[key]
+    if choice < 0.5 and isinstance(value, str) and value[:1].isdigit():
+        parent[key] = str(rng.choice([0, 1, 2, 3, 50, 1024]))
+    elif choice < 0.65 and isinstance(parent, dict) and isinstance(value, str):
+        parent[key] = rng.choice([*NAMES, "x", "main", "gpu-fraction"])
+    elif choice < 0.8 and isinstance(parent, dict):
+        parent[rng.choice(NAMES)] = parent.pop(key)
+    elif isinstance(parent, dict) and path[0] != "spec" or len(path) > 3:
+        del parent[key]
+    return out
+
+
+def test_a_memoised_answer_is_the_answer_for_that_very_pod(index: CatalogueIndex) -> None:
+    rng = random.Random(20261130)
+    index = CatalogueIndex(index.catalogue)  # a memo of its own
+    pods = seed_pods()
+    compared = errors = 0
+    for _ in range(1500):
+        candidate = changed(rng, rng.choice(pods))
+        try:
+            expected = fresh(candidate, index)
+        except TranslationError as err:
+            with pytest.raises(TranslationError) as raised:
+                convert(candidate, index=index, namespace="team-a", native={})
+            assert str(raised.value) == str(err)
+            errors += 1
+            continue
+        assert convert(candidate, index=index, namespace="team-a", native={}) == expected, json.dumps(candidate)
+        compared += 1
+        pods.append(candidate)
+    memo = memo_of(index)
+    assert compared > 1000 and errors > 0
+    assert memo.hits > 200 and memo.misses > 200, (memo.hits, memo.misses)
+
+
+def test_replicas_of_a_workload_share_one_entry(index: CatalogueIndex) -> None:
+    index = CatalogueIndex(index.catalogue)
+    first = pod(container("main", limits={"nvidia.com/gpu": "2"}))
+    convert(first, index=index, namespace="team-a", native={})
+    for n in range(5):
+        replica = copy.deepcopy(first)
+        replica["metadata"].update(name=f"p-{n}", uid=f"u-{n}", managedFields=[{"manager": "kcm", "time": str(n)}])
+        assert convert(replica, index=index, namespace="team-a", native={}) == fresh(replica, index)
+    assert (len(memo_of(index)), memo_of(index).hits) == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["namespace", "native", "catalogue"],
+)
+def test_what_the_pod_does_not_say_is_part_of_the_key(index: CatalogueIndex, what: str) -> None:
+    base = CatalogueIndex(index.catalogue)
+    gpu_pod = pod(container("main", limits={"nvidia.com/gpu": "1"}))
+    first = convert(gpu_pod, index=base, namespace="team-a", native={})
+    if what == "namespace":
+        other = convert(gpu_pod, index=base, namespace="team-b", native={})
+        assert other == fresh(gpu_pod, base, "team-b") and other.templates != first.templates
+    elif what == "native":
+        other = convert(gpu_pod, index=base, namespace="team-a", native={"nvidia.com/gpu": "gpu.example.com"})
+        assert not other.changed and other.warnings  # left for the native mapping, with a warning
+    else:
+        reloaded = CatalogueIndex(index.catalogue)  # a catalogue reload builds a new index
+        convert(gpu_pod, index=reloaded, namespace="team-a", native={})
+        assert memo_of(reloaded).misses == 1 and memo_of(reloaded).hits == 0
+    assert memo_of(base).hits == 0
+
+
+def test_errors_are_never_kept(index: CatalogueIndex) -> None:
+    index = CatalogueIndex(index.catalogue)
+    bad = pod(container("main", limits={"nvidia.com/gpu": "1.5"}))
+    for _ in range(2):
+        with pytest.raises(TranslationError, match="not a whole number"):
+            convert(bad, index=index, namespace="team-a", native={})
+    assert len(memo_of(index)) == 0
+
+
+def test_nothing_to_convert_is_decided_without_the_memo(index: CatalogueIndex) -> None:
+    index = CatalogueIndex(index.catalogue)
+    plain = pod(container("web", limits={"cpu": "1", "memory": "1Gi"}))
+    assert convert(plain, index=index, namespace="team-a", native={}) is NOTHING_TO_CONVERT
+    assert ShapeMemo not in index.derived
+
+
+def test_mentions_legacy_is_false_only_where_the_rewrite_leaves_the_pod_alone(index: CatalogueIndex) -> None:
+    rng = random.Random(7)
+    pods = seed_pods()
+    quiet = 0
+    for _ in range(1500):
+        candidate = changed(rng, rng.choice(pods))
+        pods.append(candidate)
+        if mentions_legacy(candidate, index=index):
+            continue
+        quiet += 1
+        plan = rewrite_pod(candidate, index=index, namespace="team-a", native={"nvidia.com/gpu": "x"})
+        assert not plan.changed and not plan.warnings, json.dumps(candidate)
+    assert quiet > 50
+
+
+def test_large_pods_and_full_memos_stay_bounded(index: CatalogueIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = CatalogueIndex(index.catalogue)
+    gpu_pod = pod(container("main", limits={"nvidia.com/gpu": "1"}))
+    big = copy.deepcopy(gpu_pod)
+    big["metadata"]["annotations"] = {"note": "x" * (memo_module.MAX_POD_CHARS + 1)}
+    assert shape_of(big) is None
+    assert convert(big, index=index, namespace="team-a", native={}) == fresh(big, index)
+    # a review known to be large is not even serialised for a key
+    assert convert(gpu_pod, index=index, namespace="team-a", native={}, review_bytes=10**6) == fresh(gpu_pod, index)
+    assert ShapeMemo not in index.derived
+
+    monkeypatch.setattr(memo_module, "MAX_SHAPES", 3)
+    for n in range(7):
+        shaped = pod(container(f"c{n}", limits={"nvidia.com/gpu": "1"}))
+        convert(shaped, index=index, namespace="team-a", native={})
+        assert len(memo_of(index)) <= 3
+    assert len(memo_of(index)) == 1  # full after the sixth: emptied, then the seventh kept
+
+    monkeypatch.setattr(memo_module, "MAX_SHAPES", 1000)
+    monkeypatch.setattr(memo_module, "MAX_CHARS", 2 * len(shape_of(gpu_pod) or ""))
+    for n in range(5):
+        convert(pod(container(f"d{n}", limits={"nvidia.com/gpu": "1"})), index=index, namespace="team-a", native={})
+        assert len(memo_of(index)) <= 2
