@@ -22,11 +22,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
@@ -42,6 +42,13 @@ from webhook.serving.peers import Forwarder
 
 log = logging.getLogger("dra_bridge.http")
 
+_FORWARDED = FORWARDED_HEADER.lower().encode("latin-1")
+_Answer = tuple[int, bytes]  # an HTTP status and a JSON body
+# ASGI, as starlette spells it
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 _TIMEOUT = re.compile(rb"(?:^|&)timeout=([0-9.]+s)(?:&|$)")
 DEFAULT_MAX_BODY = 3 * 1024 * 1024  # the apiserver sends objects up to ~1.5 MiB, twice for UPDATE
 Handler = Callable[[AdmissionRequest], Decision]
@@ -83,6 +90,32 @@ class LoopLag:
             self._due = None
 
 
+class _ReviewEndpoint:
+    """A review endpoint as an ASGI app (an instance, so starlette's ``Route`` serves it as one)."""
+
+    def __init__(self, answer: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(scope, receive, send)
+
+
+class ReviewApp(FastAPI):
+    """FastAPI, with ``POST`` to a review path answered by its endpoint before routing."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.reviews: dict[str, _ReviewEndpoint] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = self.reviews.get(scope["path"])
+            if found is not None and not scope.get("root_path"):
+                await found.answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     *,
     mutate: Handler,
@@ -97,7 +130,7 @@ def create_app(
     audit: AuditLog | None = None,
     inline_max_bytes: int | None = 256 * 1024,
     forwarder: Forwarder | None = None,
-) -> FastAPI:
+) -> ReviewApp:
     # A decision runs on the event loop first (webhook/inline.py): almost all of them are computation
     # over caches, and the hop to a thread and back cost as much CPU as a small Pod's rewrite. One that
     # needs the cluster (a template to create, the quota Lease) stops at its first API call and runs
@@ -126,7 +159,7 @@ def create_app(
             if forwarder is not None:
                 await forwarder.close()
 
-    app = FastAPI(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = ReviewApp(title="dra-bridge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     async def decide(webhook: str, handler: Handler, admission_request: AdmissionRequest, size: int) -> Decision:
         # A large object is decided on a thread from the start: the loop then keeps answering the
@@ -141,7 +174,7 @@ def create_app(
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, handler, admission_request)
 
-    def rejected(webhook: Webhook, bad: _BadRequest, started: float) -> Response:
+    def rejected(webhook: Webhook, bad: _BadRequest, started: float) -> _Answer:
         """Answer ``bad`` without a decision, recorded first (no record, no answer: then 500, a gap in seq)."""
         metrics.rejected_requests.inc(bad.reason)
         if audit is not None:
@@ -157,14 +190,14 @@ def create_app(
             except AuditWriteError as err:
                 metrics.audit_write_failures.inc(webhook)
                 failure = failure_of(err)
-                return JSONResponse({"message": failure.message}, status_code=failure.status)
-        return JSONResponse({"message": bad.message}, status_code=bad.status)
+                return failure.status, _json({"message": failure.message})
+        return bad.status, _json({"message": bad.message})
 
-    async def review(request: Request, webhook: Webhook, handler: Handler) -> Response:
+    async def review(scope: Scope, receive: Receive, webhook: Webhook, handler: Handler) -> _Answer:
         started = time.perf_counter()
         behind = lag.behind()
         try:
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(scope, receive, max_body_bytes)
         except _BadRequest as bad:
             return rejected(webhook, bad, started)
         if shed_after is not None and behind > shed_after:
@@ -174,12 +207,12 @@ def create_app(
             )
             return rejected(webhook, _BadRequest(503, "overloaded", message, uid=uid_hint(body)), started)
         try:
-            admission_request = _read_review(body, request.headers.get("content-type", ""))
+            admission_request = _read_review(body, _header(scope, b"content-type") or "")
         except _BadRequest as bad:
             return rejected(webhook, bad, started)
-        answer_by = _deadline(request, time.monotonic())
+        answer_by = _deadline(scope, time.monotonic())
         # A review forwarded by another replica is decided here, whoever this replica thinks owns it.
-        forwarded = FORWARDED_HEADER in request.headers
+        forwarded = _header(scope, _FORWARDED) is not None
         if forwarded:
             metrics.forwards.inc(webhook, "received")
         try:
@@ -188,10 +221,10 @@ def create_app(
                     decision = await decide(webhook, handler, admission_request, len(body))
             except DecidedElsewhere as moved:
                 assert forwarder is not None  # only raised where forwarding is on
-                answer, outcome = await forwarder.forward(moved, request.url.path, body, answer_by)
+                answer, outcome = await forwarder.forward(moved, scope["path"], body, answer_by)
                 metrics.forwards.inc(webhook, outcome)
                 if answer is not None:
-                    return Response(answer, media_type="application/json")
+                    return 200, answer
                 with answering_by(answer_by):  # the owner did not answer: decided here after all
                     decision = await decide(webhook, handler, admission_request, len(body))
         except Exception as err:
@@ -204,7 +237,7 @@ def create_app(
                 if isinstance(err, AuditWriteError):
                     metrics.audit_write_failures.inc(webhook)
                 metrics.decisions.inc(webhook, "error", failure.code, "")
-            return JSONResponse({"message": failure.message}, status_code=failure.status)
+            return failure.status, _json({"message": failure.message})
         elapsed = time.perf_counter() - started
         if answer_by is not None and time.monotonic() > answer_by and decision.release is not None:
             decision.release()  # the apiserver gave up on this answer: what it reserved goes back
@@ -217,19 +250,36 @@ def create_app(
                 counter.inc(legacy_name)
         if decision.templates_created:
             metrics.templates_created.inc(amount=len(decision.templates_created))
-        return JSONResponse(review_response(decision.response))
+        return 200, _json(review_response(decision.response))
 
-    async def mutate_endpoint(request: Request) -> Response:
-        return await review(request, "mutate", mutate)
+    def endpoint(webhook: Webhook, handler: Handler) -> _ReviewEndpoint:
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                status, body = await review(scope, receive, webhook, handler)
+            except Exception:  # a fault of this server, never of the input: 500, the failurePolicy decides
+                log.exception("answering a %s review", webhook)
+                status, body = 500, _json({"message": "internal error; see the webhook's log"})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
 
-    async def validate_endpoint(request: Request) -> Response:
-        return await review(request, "validate", validate)
+        return _ReviewEndpoint(answer)
 
-    # Plain routes: the endpoints take the raw request and validate the envelope themselves, so
-    # FastAPI's per-request dependency solving would be work for nothing (a tenth of a small Pod's
-    # mutate, in process).
-    app.add_route("/mutate", mutate_endpoint, methods=["POST"])
-    app.add_route("/validate", validate_endpoint, methods=["POST"])
+    # The reviews are answered by plain ASGI endpoints, straight from the connection (``ReviewApp``):
+    # they read the raw request and validate the envelope themselves, so starlette's routing, its
+    # Request and Response objects and FastAPI's middleware would be work for nothing (together a
+    # sixth of a small Pod's mutate, in process). The routes are registered too, for anything that
+    # lists or mounts the app.
+    reviews = {"/mutate": endpoint("mutate", mutate), "/validate": endpoint("validate", validate)}
+    for path, review_endpoint in reviews.items():
+        # starlette serves an endpoint that is not a function as an ASGI app
+        app.router.add_route(path, review_endpoint, methods=["POST"])  # type: ignore[arg-type]
+    app.reviews.update(reviews)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -248,12 +298,12 @@ def create_app(
     return app
 
 
-def _deadline(request: Request, started: float) -> float | None:
+def _deadline(scope: Scope, started: float) -> float | None:
     """When the apiserver stops waiting (``?timeout=5s`` on every webhook call), on the
     ``time.monotonic`` clock, a tenth of a second early; None when the request does not say."""
     # Read from the raw query string: the apiserver sends this one parameter, and parsing it into
     # starlette's QueryParams cost more than the rest of this function.
-    query: bytes = request.scope.get("query_string", b"")
+    query: bytes = scope.get("query_string", b"")
     found = _TIMEOUT.search(query) if query else None
     text = found.group(1).decode("ascii") if found else ""
     if not text.endswith("s") or not text[:-1].replace(".", "", 1).isdigit():
@@ -261,34 +311,42 @@ def _deadline(request: Request, started: float) -> float | None:
     return started + max(0.0, float(text[:-1]) - 0.1)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The body, at most ``limit`` bytes; past it, 413 with the uid if the part read shows one."""
-    declared = request.headers.get("content-length")
+    declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         head = bytearray()  # enough to read the uid, which the apiserver writes near the start
-        async for chunk in _chunks(request, head):
+        async for chunk in _chunks(receive, head):
             head.extend(chunk)
             if len(head) >= UID_WITHIN:
                 break
         raise _BadRequest(
             413, "too-large", f"body of {declared} bytes is over the limit of {limit} bytes", uid=uid_hint(head)
         )
+    message = await receive()  # the whole body in one message, as a small review comes
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        first: bytes = message.get("body", b"")
+        if len(first) > limit:
+            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(first))
+        return first
     body = bytearray()
-    async for chunk in _chunks(request, body):
+    async for chunk in _chunks(receive, body, message):
         body.extend(chunk)
         if len(body) > limit:
             raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(body))
     return bytes(body)
 
 
-async def _chunks(request: Request, read: bytearray) -> AsyncIterator[bytes]:
+async def _chunks(
+    receive: Receive, read: bytearray, message: Message | None = None
+) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive; if the connection closes first, 408 with the uid of what was ``read``.
 
     The client left, or was closed for sending its body too slowly (webhook/serving/guard.py): no
     one hears the answer, but the record still says what happened.
     """
     while True:
-        message = await request.receive()
+        message = message or await receive()
         if message["type"] == "http.disconnect":
             raise _BadRequest(
                 408, "incomplete-body", f"the connection closed after {len(read)} bytes of the body", uid=uid_hint(read)
@@ -296,6 +354,19 @@ async def _chunks(request: Request, read: bytearray) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+        message = None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case, as ASGI gives names), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _json(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 UID_WITHIN = 4096  # bytes read of a body too large to take, to find its uid
