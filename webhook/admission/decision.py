@@ -36,3 +36,20 @@ class Decision:
     extra: dict[str, str] = field(default_factory=dict)
     # Undoes what deciding reserved (a quota reservation) when the decision cannot be answered.
     release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def answering(self, response: AdmissionResponse) -> Decision:
+        """This decision with another response (``dataclasses.replace``, spelled out: it is on every review's path)."""
+        return Decision(
+            webhook=self.webhook,
+            response=response,
+            outcome=self.outcome,
+            reason=self.reason,
+            message=self.message,
+            conversions=self.conversions,
+            templates_created=self.templates_created,
+            tenant=self.tenant,
+            quota=self.quota,
+            policy_version=self.policy_version,
+            extra=self.extra,
+            release=self.release,
+        )

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from webhook.admission.jsonpatch import Patch
 
@@ -44,16 +44,13 @@ class AdmissionRequest(_Wire):
     object: dict[str, Any] | None = None
     old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
     dry_run: bool = Field(default=False, alias="dryRun")
-    # Bytes of the review this request came in, as read by the HTTP layer (0: not known); not on the wire.
-    _review_bytes: int = PrivateAttr(default=0)
-
-    @property
-    def review_bytes(self) -> int:
-        return self._review_bytes
+    # Bytes of the review this request came in (0: not known), set by the HTTP layer once the review
+    # is read: whatever the body says under this name is overwritten. A hint for the engine's memos.
+    review_bytes: int = Field(default=0, exclude=True)
 
     def came_in(self, review_bytes: int) -> AdmissionRequest:
         """Note the size of the review this request came in; returns the request."""
-        self._review_bytes = review_bytes
+        self.review_bytes = review_bytes
         return self
 
     @property
@@ -105,6 +102,19 @@ class AdmissionResponse:
         if self.audit_annotations is not None:
             wire["auditAnnotations"] = self.audit_annotations
         return wire
+
+
+def with_audit_annotations(response: AdmissionResponse, notes: dict[str, str]) -> AdmissionResponse:
+    """``response`` with ``auditAnnotations`` set to ``notes``."""
+    return AdmissionResponse(
+        uid=response.uid,
+        allowed=response.allowed,
+        status=response.status,
+        patch_type=response.patch_type,
+        patch=response.patch,
+        warnings=response.warnings,
+        audit_annotations=notes,
+    )
 
 
 def allowed(uid: str, *, warnings: list[str] | None = None) -> AdmissionResponse:

@@ -39,7 +39,6 @@ for log collectors). Reading the log back is ``webhook.audit.reader``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
 
 from webhook.admission.decision import Decision
-from webhook.admission.review import AdmissionRequest
+from webhook.admission.review import AdmissionRequest, with_audit_annotations
 from webhook.audit.files import rotated_indexes, rotated_name
 from webhook.errors import AuditWriteError, BridgeError, failure_of
 from webhook.inline import DecidedElsewhere, WouldBlock
@@ -234,7 +233,7 @@ def audit_annotations(decision: Decision) -> dict[str, str]:
 def annotated(decision: Decision) -> Decision:
     """``decision`` with ``audit_annotations`` merged into its response; keys the engine set itself win."""
     notes = {**audit_annotations(decision), **(decision.response.audit_annotations or {})}
-    return dataclasses.replace(decision, response=dataclasses.replace(decision.response, audit_annotations=notes))
+    return decision.answering(with_audit_annotations(decision.response, notes))
 
 
 # -- the log -------------------------------------------------------------------------------------
