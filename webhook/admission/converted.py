@@ -9,18 +9,19 @@ and the catalogue, so it is kept per catalogue (a reload starts empty) keyed on 
 the Pod as JSON, every other field included. Anything that depends on the cluster (templates to
 create, node pools, the rollout mode, quota) is decided again for every Pod by the engine.
 
-Bounded: at most ``MAX_SHAPES`` shapes and ``MAX_CHARS`` characters of keys per catalogue, a Pod
-larger than ``MAX_POD_CHARS`` never kept (its JSON would cost about what its rewrite does); when
+Bounded: at most ``MAX_SHAPES`` shapes and ``MAX_KEY_BYTES`` bytes of keys per catalogue, a Pod
+larger than ``MAX_POD_BYTES`` as JSON never kept (its JSON would cost about what its rewrite does); when
 full, the memo starts again empty (the shapes in use come back on their next Pod). Errors are never
 kept: a Pod that cannot be converted is refused with its own message each time.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_json
 
 from webhook.admission.jsonpatch import diff
 from webhook.admission.review import encode_patch
@@ -29,8 +30,8 @@ from webhook.translate.legacy import mentions_legacy
 from webhook.translate.rewrite import Conversion, RewritePlan, rewrite_pod
 
 MAX_SHAPES = 1024
-MAX_CHARS = 8 * 1024 * 1024
-MAX_POD_CHARS = 32 * 1024
+MAX_KEY_BYTES = 8 * 1024 * 1024
+MAX_POD_BYTES = 32 * 1024
 # Set per object by the apiserver, never read by the conversion: left out of the key so that
 # the replicas of a workload share one entry.
 IDENTITY = frozenset({"name", "uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink"})
@@ -78,15 +79,15 @@ class ShapeMemo:
     """``Converted`` per Pod shape, for one catalogue (kept in its ``derived`` values)."""
 
     def __init__(self) -> None:
-        self._found: dict[tuple[str, tuple[tuple[str, str], ...], str], Converted] = {}
-        self._chars = 0
+        self._found: dict[tuple[str, tuple[tuple[str, str], ...], bytes], Converted] = {}
+        self._bytes = 0
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._found)
 
-    def get(self, key: tuple[str, tuple[tuple[str, str], ...], str]) -> Converted | None:
+    def get(self, key: tuple[str, tuple[tuple[str, str], ...], bytes]) -> Converted | None:
         found = self._found.get(key)
         if found is None:
             self.misses += 1
@@ -94,25 +95,25 @@ class ShapeMemo:
             self.hits += 1
         return found
 
-    def put(self, key: tuple[str, tuple[tuple[str, str], ...], str], converted: Converted) -> None:
+    def put(self, key: tuple[str, tuple[tuple[str, str], ...], bytes], converted: Converted) -> None:
         size = len(key[0]) + len(key[2])
-        if len(self._found) >= MAX_SHAPES or self._chars + size > MAX_CHARS:
+        if len(self._found) >= MAX_SHAPES or self._bytes + size > MAX_KEY_BYTES:
             self._found.clear()
-            self._chars = 0
+            self._bytes = 0
         self._found[key] = converted
-        self._chars += size
+        self._bytes += size
 
 
-def shape_of(pod: Mapping[str, Any]) -> str | None:
-    """The Pod as JSON without its identity, or None when it is too large to be worth keeping."""
+def shape_of(pod: Mapping[str, Any]) -> bytes | None:
+    """The Pod as JSON (UTF-8) without its identity, or None when it is too large to be worth keeping."""
     meta = pod.get("metadata")
     if isinstance(meta, Mapping) and not IDENTITY.isdisjoint(meta):
         pod = {**pod, "metadata": {k: v for k, v in meta.items() if k not in IDENTITY}}
     try:
-        text = json.dumps(pod, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
+        text = to_json(pod)  # a JSON serialiser, so one text per document; a third of json.dumps' time
+    except (PydanticSerializationError, TypeError, ValueError):
         return None
-    return text if len(text) <= MAX_POD_CHARS else None
+    return text if len(text) <= MAX_POD_BYTES else None
 
 
 def convert(
@@ -129,7 +130,7 @@ def convert(
     the JSON of a key it could not be kept under."""
     if not mentions_legacy(pod, index=index):
         return NOTHING_TO_CONVERT
-    shape = shape_of(pod) if review_bytes <= MAX_POD_CHARS * 2 else None
+    shape = shape_of(pod) if review_bytes <= MAX_POD_BYTES * 2 else None
     if shape is None:
         return Converted.of(pod, rewrite_pod(pod, index=index, namespace=namespace, native=native), index)
     memo = index.derived.get(ShapeMemo)

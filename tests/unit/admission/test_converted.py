@@ -169,7 +169,7 @@ def test_large_pods_and_full_memos_stay_bounded(index: CatalogueIndex, monkeypat
     index = CatalogueIndex(index.catalogue)
     gpu_pod = pod(container("main", limits={"nvidia.com/gpu": "1"}))
     big = copy.deepcopy(gpu_pod)
-    big["metadata"]["annotations"] = {"note": "x" * (memo_module.MAX_POD_CHARS + 1)}
+    big["metadata"]["annotations"] = {"note": "x" * (memo_module.MAX_POD_BYTES + 1)}
     assert shape_of(big) is None
     assert convert(big, index=index, namespace="team-a", native={}) == fresh(big, index)
     # a review known to be large is not even serialised for a key
@@ -184,7 +184,7 @@ def test_large_pods_and_full_memos_stay_bounded(index: CatalogueIndex, monkeypat
     assert len(memo_of(index)) == 1  # full after the sixth: emptied, then the seventh kept
 
     monkeypatch.setattr(memo_module, "MAX_SHAPES", 1000)
-    monkeypatch.setattr(memo_module, "MAX_CHARS", 2 * len(shape_of(gpu_pod) or ""))
+    monkeypatch.setattr(memo_module, "MAX_KEY_BYTES", 2 * len(shape_of(gpu_pod) or ""))
     for n in range(5):
         convert(pod(container(f"d{n}", limits={"nvidia.com/gpu": "1"})), index=index, namespace="team-a", native={})
         assert len(memo_of(index)) <= 2
