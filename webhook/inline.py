@@ -11,9 +11,10 @@ running it twice changes nothing; the decision log records only the run that fin
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 _inline: contextvars.ContextVar[bool] = contextvars.ContextVar("dra_bridge_inline", default=False)
 
@@ -39,14 +40,24 @@ def may_block(what: str) -> None:
         raise WouldBlock(what)
 
 
-@contextlib.contextmanager
-def deciding_inline() -> Iterator[None]:
+class _Setting(Generic[T]):
+    """Within this block, ``variable`` is ``value`` (on every review's path: a class, not a generator)."""
+
+    __slots__ = ("_token", "_value", "_variable")
+
+    def __init__(self, variable: contextvars.ContextVar[T], value: T) -> None:
+        self._variable, self._value = variable, value
+
+    def __enter__(self) -> None:
+        self._token = self._variable.set(self._value)
+
+    def __exit__(self, *_exc: object) -> None:
+        self._variable.reset(self._token)
+
+
+def deciding_inline() -> _Setting[bool]:
     """Within this block, ``may_block`` raises ``WouldBlock`` instead of letting I/O happen."""
-    token = _inline.set(True)
-    try:
-        yield
-    finally:
-        _inline.reset(token)
+    return _Setting(_inline, True)
 
 
 # Whether this request may be handed to another replica (``DecidedElsewhere``): on while a replica
@@ -55,13 +66,8 @@ def deciding_inline() -> Iterator[None]:
 _forwardable: contextvars.ContextVar[bool] = contextvars.ContextVar("dra_bridge_forwardable", default=False)
 
 
-@contextlib.contextmanager
-def forwarding(allowed: bool) -> Iterator[None]:
-    token = _forwardable.set(allowed)
-    try:
-        yield
-    finally:
-        _forwardable.reset(token)
+def forwarding(allowed: bool) -> _Setting[bool]:
+    return _Setting(_forwardable, allowed)
 
 
 def forwardable() -> bool:
@@ -75,13 +81,8 @@ def forwardable() -> bool:
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("dra_bridge_deadline", default=None)
 
 
-@contextlib.contextmanager
-def answering_by(deadline: float | None) -> Iterator[None]:
-    token = _deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+def answering_by(deadline: float | None) -> _Setting[float | None]:
+    return _Setting(_deadline, deadline)
 
 
 def deadline() -> float | None:

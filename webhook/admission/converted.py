@@ -49,6 +49,8 @@ class Converted:
     drivers: frozenset[str] = frozenset()  # of the DeviceClasses the templates name
     legacy: frozenset[str] = frozenset()  # the legacy names converted
     removed_annotations: tuple[str, ...] = ()  # legacy annotations taken off the Pod
+    summaries: tuple[str, ...] = ()  # per conversion: "<container>: <legacy names=values> -> <what it claims>"
+    message: str = ""  # "<container>: <what it claims>; ..."
 
     @classmethod
     def of(cls, pod: Mapping[str, Any], plan: RewritePlan, index: CatalogueIndex) -> Converted:
@@ -69,6 +71,11 @@ class Converted:
             drivers=frozenset(d for d in drivers if d),
             legacy=frozenset(name for c in plan.conversions for name in c.legacy),
             removed_annotations=plan.removed_annotations,
+            summaries=tuple(
+                f"{c.container}: {','.join(f'{k}={v}' for k, v in sorted(c.legacy.items()))} -> {c.summary}"
+                for c in plan.conversions
+            ),
+            message="; ".join(f"{c.container}: {c.summary}" for c in plan.conversions),
         )
 
 

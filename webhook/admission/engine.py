@@ -122,15 +122,13 @@ class Admission:
         created = tuple(
             t["metadata"]["name"] for t in converted.templates if self.templates.ensure(t, dry_run=request.dry_run)
         )
-        for c in converted.conversions:
-            legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
-            warnings.append(_short(f"dra-bridge: {c.container}: {legacy} -> {c.summary}"))
+        warnings.extend(_short(f"dra-bridge: {summary}") for summary in converted.summaries)
         return Decision(
             webhook="mutate",
             response=patched(request.uid, converted.patch, warnings=warnings),
             outcome="patched",
             reason="converted",
-            message="; ".join(f"{c.container}: {c.summary}" for c in converted.conversions),
+            message=converted.message,
             conversions=converted.conversions,
             templates_created=created,
             tenant=self._tenant_name(namespace),
