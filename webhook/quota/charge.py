@@ -83,14 +83,21 @@ class Charge:
         )
 
     def _combine(self, other: Charge, sign: int) -> Charge:
+        # Added or subtracted as such (exact either way): ``sign * x`` cost a Fraction multiplication per field.
+        if sign > 0:
+            memory, compute = self.memory + other.memory, self.compute + other.compute
+            claims, total = self.claims + other.claims, self.total_devices + other.total_devices
+        else:
+            memory, compute = self.memory - other.memory, self.compute - other.compute
+            claims, total = self.claims - other.claims, self.total_devices - other.total_devices
         return Charge(
             devices=_merge(self.devices, other.devices, sign),
-            memory=self.memory + sign * other.memory,
-            compute=self.compute + sign * other.compute,
-            claims=self.claims + sign * other.claims,
+            memory=memory,
+            compute=compute,
+            claims=claims,
             profiles=_merge(self.profiles, other.profiles, sign),
             matched=_merge(self.matched, other.matched, sign),
-            total_devices=self.total_devices + sign * other.total_devices,
+            total_devices=total,
         )
 
     def as_cel(self) -> dict[str, Any]:
@@ -110,6 +117,8 @@ ZERO = Charge()
 
 def _merge(a: Mapping[str, int], b: Mapping[str, int], sign: int) -> dict[str, int]:
     out = dict(a)
+    if not b:
+        return out
     for key, value in b.items():
         out[key] = out.get(key, 0) + sign * value
         if out[key] == 0:

@@ -82,8 +82,10 @@ class UsageLedger:
             if claims is None:
                 claims = self._claims[namespace] = {}
             old = claims.get(name)
+            if old is shape:  # changed, but not its charge (a spec is immutable): the totals stand
+                return
             if old is not None:
-                self._add(namespace, ZERO - old[1])
+                self._subtract(namespace, old[1])
             claims[name] = shape
             self._add(namespace, new)
             if old is None:
@@ -100,7 +102,7 @@ class UsageLedger:
             claims = self._claims.get(namespace)
             old = claims.pop(name, None) if claims is not None else None
             if old is not None:
-                self._add(namespace, ZERO - old[1])
+                self._subtract(namespace, old[1])
                 if not claims:
                     del self._claims[namespace]
 
@@ -207,7 +209,12 @@ class UsageLedger:
         return total
 
     def _add(self, namespace: str, delta: Charge) -> None:
-        updated = self._by_namespace.get(namespace, ZERO) + delta
+        self._set(namespace, self._by_namespace.get(namespace, ZERO) + delta)
+
+    def _subtract(self, namespace: str, released: Charge) -> None:
+        self._set(namespace, self._by_namespace.get(namespace, ZERO) - released)
+
+    def _set(self, namespace: str, updated: Charge) -> None:
         if updated.claims <= 0 and not updated.devices and not updated.memory and not updated.compute:
             self._by_namespace.pop(namespace, None)
         else:

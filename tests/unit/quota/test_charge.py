@@ -281,3 +281,41 @@ def test_requests_add_up_and_an_empty_claim_costs_one_claim(index: CatalogueInde
 def test_a_request_no_device_can_meet_is_charged_what_it_asks(index: CatalogueIndex) -> None:
     spec = claim("shared.hami-core.dra-bridge.io", capacity={"requests": {"memory": "500Gi", "cores": "5"}})
     assert charge(basis(spec), pricer=pricer(index, published=PUBLISHED)).memory >= 500 * GI
+
+
+def test_adding_and_subtracting_charges_is_exact_per_field() -> None:
+    from fractions import Fraction
+
+    from webhook.quota.charge import ZERO, Charge
+
+    a = Charge(
+        devices={"x": 2, "y": 1},
+        memory=Fraction(7, 3),
+        compute=Fraction(50),
+        claims=2,
+        profiles={"1g.10gb": 1},
+        matched={"x*": 2},
+        total_devices=3,
+    )
+    b = Charge(devices={"y": 1, "z": 4}, memory=Fraction(1, 3), compute=Fraction(25), claims=1, total_devices=5)
+    total = a + b
+    assert total == Charge(
+        devices={"x": 2, "y": 2, "z": 4},
+        memory=Fraction(8, 3),
+        compute=Fraction(75),
+        claims=3,
+        profiles={"1g.10gb": 1},
+        matched={"x*": 2},
+        total_devices=8,
+    )
+    assert total - b == a and total - a == b  # keys that reach zero are dropped
+    assert ZERO - a == Charge(
+        devices={"x": -2, "y": -1},
+        memory=Fraction(-7, 3),
+        compute=Fraction(-50),
+        claims=-2,
+        profiles={"1g.10gb": -1},
+        matched={"x*": -2},
+        total_devices=-3,
+    )
+    assert a + ZERO == a and (a + ZERO).devices is not a.devices  # a new mapping, never the operand's

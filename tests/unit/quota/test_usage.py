@@ -126,3 +126,28 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
     assert ledger.reservation_count == 5001
     now[0] += 31
     assert ledger.reservation_count == 0 and ledger.usage(["other-7"]).claims == 0
+
+
+def test_a_modified_claim_of_the_same_shape_leaves_the_totals_alone(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)))
+    ledger.observe("ns", "a", SPEC)
+    before = ledger._by_namespace["ns"]
+    ledger.observe("ns", "a", SPEC)  # a status update: same spec, same shape
+    assert ledger._by_namespace["ns"] is before  # not taken off and added back
+    assert ledger.claim_count == 1 and ledger.usage(["ns"]).claims == 1
+
+
+def test_a_claim_whose_shape_changes_is_counted_once_at_its_new_charge(index: CatalogueIndex) -> None:
+    ledger = UsageLedger(pricer=Pricer(index.catalogue, catalogue_snapshot(index.catalogue)))
+    ledger.observe("ns", "a", SPEC)
+    ledger.observe("ns", "b", SPEC)
+    bigger = {
+        "devices": {
+            "requests": [{"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 3}}]
+        }
+    }
+    ledger.observe("ns", "a", bigger)
+    assert ledger.usage(["ns"]).devices == {"whole.nvidia.dra-bridge.io": 5} and ledger.usage(["ns"]).claims == 2
+    ledger.forget("ns", "a")
+    ledger.forget("ns", "b")
+    assert ledger.usage(["ns"]) == ledger.usage([]) and ledger._by_namespace == {}
