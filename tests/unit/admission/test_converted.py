@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import container, pod
+from tests.fuzz.reviews import _spots as spots
 from tests.fuzz.reviews import seeds
 from webhook.admission import converted as memo_module
 from webhook.admission.converted import NOTHING_TO_CONVERT, Converted, ShapeMemo, convert, shape_of
@@ -44,17 +44,6 @@ def seed_pods() -> list[dict[str, Any]]:
     return [copy.deepcopy(p) for p in pods]
 
 
-def spots(node: Any, where: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield (*where, key), node, key
-            yield from spots(value, (*where, key))
-    elif isinstance(node, list):
-        for position, value in enumerate(node):
-            yield (*where, position), node, position
-            yield from spots(value, (*where, position))
-
-
 def changed(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
     """``base`` with one field changed: renamed (identity), a number, a legacy name, a key, or removed."""
     out = copy.deepcopy(base)
@@ -65,7 +54,7 @@ def changed(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
         meta["uid"] = f"uid-{rng.randrange(10**6)}"
         meta["creationTimestamp"] = "2026-11-30T08:00:00Z"
         return out
-    places = [s for s in spots(out) if s[0][:2] != ("metadata", "name")]
+    places = [s for s in spots(out, ()) if s[0][:2] != ("metadata", "name")]
     path, parent, key = rng.choice(places)
     value = parent[key]
     if choice < 0.5 and isinstance(value, str) and value[:1].isdigit():
@@ -74,7 +63,7 @@ def changed(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
         parent[key] = rng.choice([*NAMES, "x", "main", "gpu-fraction"])
     elif choice < 0.8 and isinstance(parent, dict):
         parent[rng.choice(NAMES)] = parent.pop(key)
-    elif isinstance(parent, dict) and path[0] != "spec" or len(path) > 3:
+    elif (isinstance(parent, dict) and path[0] != "spec") or len(path) > 3:
         del parent[key]
     return out
 
