@@ -1,18 +1,23 @@
 """A Pod's conversion, once per Pod shape: what the mutating webhook answers, memoised.
 
 The replicas of a Deployment, a Job or a StatefulSet reach the webhook as the same Pod under other
-names. ``convert`` rewrites a Pod (``webhook.translate.rewrite``) and turns the plan into what the
-answer needs: the JSON Patch (encoded), the templates, the conversions, the warnings and which
-drivers the claims need. All of that is a function of the Pod without its identity (name, uid,
-timestamps, managed fields: nothing the rewrite reads), its namespace, the names served natively
-and the catalogue, so it is kept per catalogue (a reload starts empty) keyed on exactly those:
-the Pod as JSON, every other field included. Anything that depends on the cluster (templates to
-create, node pools, the rollout mode, quota) is decided again for every Pod by the engine.
+names, labels and volumes (the service account token's volume has a random name per Pod).
+``convert`` rewrites a Pod (``webhook.translate.rewrite``) and turns the plan into what the answer
+needs: the JSON Patch (encoded), the templates, the conversions, the warnings and which drivers the
+claims need. All of that is a function of what the rewrite reads and changes (``SHAPE``: the Pod's
+annotations; its node selector, which holds model pins; its resource claims; and the name and
+resources of each init and regular container, in order: every other field is shared with the
+rewritten Pod untouched, so the patch never names it), of the namespace, the names served natively
+and the catalogue. So it is kept per catalogue (a reload starts empty) keyed on exactly those. A
+differential test changes any field of many Pods and compares every memoised answer with a fresh
+conversion: it fails if the rewrite comes to read a field the key leaves out. Anything that
+depends on the cluster (templates to create, node pools, the rollout mode, quota) is decided again
+for every Pod by the engine.
 
-Bounded: at most ``MAX_SHAPES`` shapes and ``MAX_KEY_BYTES`` bytes of keys per catalogue, a Pod
-larger than ``MAX_POD_BYTES`` as JSON never kept (its JSON would cost about what its rewrite does); when
-full, the memo starts again empty (the shapes in use come back on their next Pod). Errors are never
-kept: a Pod that cannot be converted is refused with its own message each time.
+Bounded: at most ``MAX_SHAPES`` shapes and ``MAX_KEY_BYTES`` bytes of keys per catalogue, a key over
+``MAX_SHAPE_BYTES`` never kept; when full, the memo starts again empty (the shapes in use come back
+on their next Pod). Errors are never kept: a Pod that cannot be converted is refused with its own
+message each time.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from webhook.translate.rewrite import Conversion, RewritePlan, rewrite_pod
 
 MAX_SHAPES = 1024
 MAX_KEY_BYTES = 8 * 1024 * 1024
-MAX_POD_BYTES = 32 * 1024
-# Set per object by the apiserver, never read by the conversion: left out of the key so that
-# the replicas of a workload share one entry.
-IDENTITY = frozenset({"name", "uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink"})
+MAX_SHAPE_BYTES = 32 * 1024
+# What the rewrite reads and what it may change, by level: the key is these fields where present.
+SHAPE_METADATA = frozenset({"annotations"})
+SHAPE_SPEC = frozenset({"nodeSelector", "resourceClaims"})
+SHAPE_CONTAINER_LISTS = frozenset({"initContainers", "containers"})
+SHAPE_CONTAINER = frozenset({"name", "resources"})
 
 
 @dataclass(frozen=True)
@@ -112,15 +119,33 @@ class ShapeMemo:
 
 
 def shape_of(pod: Mapping[str, Any]) -> bytes | None:
-    """The Pod as JSON (UTF-8) without its identity, or None when it is too large to be worth keeping."""
-    meta = pod.get("metadata")
-    if isinstance(meta, Mapping) and not IDENTITY.isdisjoint(meta):
-        pod = {**pod, "metadata": {k: v for k, v in meta.items() if k not in IDENTITY}}
+    """What of ``pod`` its conversion depends on (``SHAPE``: each field where present), as JSON; None
+    for a Pod whose levels are not mappings and lists (the rewrite decides those itself) or a key
+    too large to keep."""
+    # Kept in the Pod's own order: the patch lists its operations in that order.
+    shape: dict[str, Any] = {}
+    for level, value in pod.items():
+        if level == "metadata":
+            if not isinstance(value, Mapping):
+                return None
+            shape[level] = {k: v for k, v in value.items() if k in SHAPE_METADATA}
+        elif level == "spec":
+            if not isinstance(value, Mapping):
+                return None
+            kept: dict[str, Any] = {}
+            for field, item in value.items():
+                if field in SHAPE_SPEC:
+                    kept[field] = item
+                elif field in SHAPE_CONTAINER_LISTS:
+                    if not isinstance(item, list) or not all(isinstance(c, Mapping) for c in item):
+                        return None
+                    kept[field] = [{k: v for k, v in c.items() if k in SHAPE_CONTAINER} for c in item]
+            shape[level] = kept
     try:
-        text = to_json(pod)  # a JSON serialiser, so one text per document; a third of json.dumps' time
+        text = to_json(shape)  # a JSON serialiser: one text per document
     except (PydanticSerializationError, TypeError, ValueError):
         return None
-    return text if len(text) <= MAX_POD_BYTES else None
+    return text if len(text) <= MAX_SHAPE_BYTES else None
 
 
 def convert(
@@ -129,15 +154,12 @@ def convert(
     index: CatalogueIndex,
     namespace: str,
     native: Mapping[str, str],
-    review_bytes: int = 0,
 ) -> Converted:
     """``pod`` converted (``rewrite_pod`` and the patch), from the memo when a Pod of its shape
-    was converted before in ``namespace`` with the same ``native`` names; raises ``TranslationError``.
-    ``review_bytes``, the size of the review the Pod came in (0: not known), spares a large Pod
-    the JSON of a key it could not be kept under."""
+    was converted before in ``namespace`` with the same ``native`` names; raises ``TranslationError``."""
     if not mentions_legacy(pod, index=index):
         return NOTHING_TO_CONVERT
-    shape = shape_of(pod) if review_bytes <= MAX_POD_BYTES * 2 else None
+    shape = shape_of(pod)
     if shape is None:
         return Converted.of(pod, rewrite_pod(pod, index=index, namespace=namespace, native=native), index)
     memo = index.derived.get(ShapeMemo)

@@ -98,7 +98,7 @@ class Admission:
             return _allow("mutate", request, "rollout-off")
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
         index = self._catalogue()
-        converted = convert(pod, index=index, namespace=namespace, native=native, review_bytes=request.review_bytes)
+        converted = convert(pod, index=index, namespace=namespace, native=native)
         warnings = [_short(f"dra-bridge: {w}") for w in converted.warnings]
         if not converted.changed:
             reason = "native-extended-resource" if converted.warnings else "no-legacy-request"

@@ -44,15 +44,6 @@ class AdmissionRequest(_Wire):
     object: dict[str, Any] | None = None
     old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
     dry_run: bool = Field(default=False, alias="dryRun")
-    # Bytes of the review this request came in (0: not known), set by the HTTP layer once the review
-    # is read: whatever the body says under this name is overwritten. A hint for the engine's memos.
-    review_bytes: int = Field(default=0, exclude=True)
-
-    def came_in(self, review_bytes: int) -> AdmissionRequest:
-        """Note the size of the review this request came in; returns the request."""
-        self.review_bytes = review_bytes
-        return self
-
     @property
     def object_name(self) -> str:
         """``name``, or ``generateName`` followed by ``*`` for objects that have no name yet."""
