@@ -334,8 +334,9 @@ class KubeCluster:
         return self._namespace_generation
 
     def namespace_labels(self, name: str) -> Mapping[str, str] | None:
-        found = self.namespaces_informer.get(("", name))
-        return found["metadata"]["labels"] if found is not None else None
+        # Read three times per Pod review: the labels copied, not the whole cached Namespace.
+        found = self.namespaces_informer.peek(("", name))
+        return dict(found["metadata"]["labels"]) if found is not None else None
 
     def native_extended_resources(self) -> Mapping[str, str]:
         def extended(cached: Mapping[Key, dict[str, Any]]) -> dict[str, str]:

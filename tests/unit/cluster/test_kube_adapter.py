@@ -528,6 +528,10 @@ def test_namespaces_and_their_generation() -> None:
     cluster = synced(transport)
     assert cluster.namespaces() == {"team-a": {"t": "a"}}
     assert cluster.namespace_labels("team-a") == {"t": "a"} and cluster.namespace_labels("nope") is None
+    handed_out = cluster.namespace_labels("team-a")
+    assert isinstance(handed_out, dict)
+    handed_out["t"] = "changed by a reader"  # a copy: the cache keeps what the apiserver said
+    assert cluster.namespace_labels("team-a") == {"t": "a"} and cluster.namespaces() == {"team-a": {"t": "a"}}
     before = cluster.namespace_generation
     cluster.namespaces_informer.apply(
         {"type": "MODIFIED", "object": obj("team-a", "2", namespace="", metadata={"labels": {"t": "b"}})}
