@@ -89,7 +89,7 @@ class Admission:
             return _allow("mutate", request, "not-a-pod-create")
         pod = _object(request)
         self._bounded(pod)
-        namespace = request.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+        namespace = _namespace(request, pod)
         self._require_ready()
         if self._skipped(pod, namespace):
             return _allow("mutate", request, "opt-out")
@@ -271,10 +271,9 @@ class Admission:
         skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
         if self._settings.require_conversion and not skipped and self._rollout(namespace) == "convert":
-            index = self._catalogue()
-            plan = rewrite_pod(pod, index=index, namespace=namespace, native=native)  # a converted Pod: at once
-            if plan.changed and self._left_for_device_plugin(pod, Converted.of(pod, plan, index)) is None:
-                names = sorted({k for c in plan.conversions for k in c.legacy} | set(plan.removed_annotations))
+            converted = convert(pod, index=self._catalogue(), namespace=namespace, native=native)
+            if converted.changed and self._left_for_device_plugin(pod, converted) is None:
+                names = sorted(converted.legacy | set(converted.removed_annotations))
                 raise Unconverted(
                     f"Pod still carries legacy GPU requests ({', '.join(names)}) that dra-bridge converts to DRA "
                     "claims; the mutating webhook did not run. Retry, or label the Pod dra-bridge.io/ignore=true "
