@@ -31,7 +31,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from webhook.admission.jsonpatch import diff
 from webhook.admission.review import encode_patch
 from webhook.translate.catalogue import CatalogueIndex
-from webhook.translate.legacy import mentions_legacy
+from webhook.translate.legacy import CONTAINER_LISTS, mentions_legacy
 from webhook.translate.rewrite import Conversion, RewritePlan, rewrite_pod
 
 MAX_SHAPES = 1024
@@ -40,7 +40,7 @@ MAX_SHAPE_BYTES = 32 * 1024
 # What the rewrite reads and what it may change, by level: the key is these fields where present.
 SHAPE_METADATA = frozenset({"annotations"})
 SHAPE_SPEC = frozenset({"nodeSelector", "resourceClaims"})
-SHAPE_CONTAINER_LISTS = frozenset({"initContainers", "containers"})
+SHAPE_CONTAINER_LISTS = frozenset(CONTAINER_LISTS)
 SHAPE_CONTAINER = frozenset({"name", "resources"})
 
 

@@ -81,6 +81,9 @@ class _Found:
         self.values.setdefault(meaning, []).append((match, amount, legacy))
 
 
+CONTAINER_LISTS = ("initContainers", "containers")  # the containers whose legacy requests are converted, in order
+
+
 def read_pod(
     pod: Mapping[str, Any], *, index: CatalogueIndex, native: Mapping[str, str]
 ) -> tuple[list[ContainerDemands], list[str], list[str]]:
@@ -92,7 +95,7 @@ def read_pod(
     spec = pod.get("spec") or {}
     warnings: list[str] = []
     per_container: list[tuple[str, int, Mapping[str, Any], dict[str, _Found], list[str]]] = []
-    for field_name in ("initContainers", "containers"):
+    for field_name in CONTAINER_LISTS:
         for position, container in enumerate(spec.get(field_name) or []):
             found, keys = _read_resources(container, index=index, native=native, warnings=warnings)
             per_container.append((field_name, position, container, found, keys))
@@ -119,7 +122,7 @@ def mentions_legacy(pod: Mapping[str, Any], *, index: CatalogueIndex) -> bool:
     """Whether ``read_pod`` could find anything in ``pod``: a container resource or a Pod annotation
     the catalogue knows. False means the Pod is left exactly as it is, without a warning."""
     spec = pod.get("spec") or {}
-    for field_name in ("initContainers", "containers"):
+    for field_name in CONTAINER_LISTS:
         for container in spec.get(field_name) or []:
             resources = container.get("resources") or {}
             for section in ("limits", "requests"):
