@@ -44,6 +44,7 @@ class AdmissionRequest(_Wire):
     object: dict[str, Any] | None = None
     old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
     dry_run: bool = Field(default=False, alias="dryRun")
+
     @property
     def object_name(self) -> str:
         """``name``, or ``generateName`` followed by ``*`` for objects that have no name yet."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,20 +85,15 @@ class Charge:
 
     def _combine(self, other: Charge, sign: int) -> Charge:
         # Added or subtracted as such (exact either way): ``sign * x`` cost a Fraction multiplication per field.
-        if sign > 0:
-            memory, compute = self.memory + other.memory, self.compute + other.compute
-            claims, total = self.claims + other.claims, self.total_devices + other.total_devices
-        else:
-            memory, compute = self.memory - other.memory, self.compute - other.compute
-            claims, total = self.claims - other.claims, self.total_devices - other.total_devices
+        op = operator.add if sign > 0 else operator.sub
         return Charge(
             devices=_merge(self.devices, other.devices, sign),
-            memory=memory,
-            compute=compute,
-            claims=claims,
+            memory=op(self.memory, other.memory),
+            compute=op(self.compute, other.compute),
+            claims=op(self.claims, other.claims),
             profiles=_merge(self.profiles, other.profiles, sign),
             matched=_merge(self.matched, other.matched, sign),
-            total_devices=total,
+            total_devices=op(self.total_devices, other.total_devices),
         )
 
     def as_cel(self) -> dict[str, Any]:

@@ -328,14 +328,18 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     if message["type"] == "http.request" and not message.get("more_body", False):
         first: bytes = message.get("body", b"")
         if len(first) > limit:
-            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(first))
+            raise _over(limit, first)
         return first
     body = bytearray()
     async for chunk in _chunks(receive, body, message):
         body.extend(chunk)
         if len(body) > limit:
-            raise _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(body))
+            raise _over(limit, body)
     return bytes(body)
+
+
+def _over(limit: int, read: bytes | bytearray) -> _BadRequest:
+    return _BadRequest(413, "too-large", f"body is over the limit of {limit} bytes", uid=uid_hint(read))
 
 
 async def _chunks(
