@@ -99,16 +99,7 @@ def claim_object(index: int, *, tenants: int, version: int, status: bool = False
             "creationTimestamp": TIMESTAMP,
             "labels": {"app.kubernetes.io/managed-by": "dra-bridge", "dra-bridge.io/template": TEMPLATE},
             "annotations": {"resource.kubernetes.io/pod-claim-name": "gpu"},
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": pod,
-                    "uid": str(uuid.UUID(int=10**9 + index)),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [workload.pod_owner(pod, index)],
             "finalizers": ["resource.kubernetes.io/delete-protection"],
             "managedFields": [
                 {

@@ -91,6 +91,18 @@ def claim_spec(count: int = 1) -> dict[str, Any]:
     return {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": WHOLE_CLASS, "count": count}}]}}
 
 
+def pod_owner(pod: str, index: int) -> dict[str, Any]:
+    """The owner reference kube-controller-manager puts on the claim it makes for Pod ``pod``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod,
+        "uid": str(uuid.UUID(int=10**9 + index)),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
 def stored_claim(index: int, *, tenants: int) -> dict[str, Any]:
     """A ResourceClaim as the watch delivers it: made from a template for a Pod, allocated."""
     namespace = tenant_name(index % tenants)
@@ -105,16 +117,7 @@ def stored_claim(index: int, *, tenants: int) -> dict[str, Any]:
             "resourceVersion": str(1000 + index),
             "creationTimestamp": "2026-01-01T00:00:00Z",
             "annotations": {"resource.kubernetes.io/pod-claim-name": "gpu-main"},
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": pod,
-                    "uid": str(uuid.UUID(int=10**9 + index)),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [pod_owner(pod, index)],
         },
         "spec": claim_spec(),
         "status": {
