@@ -364,13 +364,44 @@ _environment_lock = threading.Lock()
 _per_thread = threading.local()
 
 
+# celpy's ``result``: the CEL error each Python exception of an expression becomes (the others propagate).
+_RESULT_ERRORS: dict[type[BaseException], str | None] = {
+    ValueError: "return error for overflow",
+    KeyError: None,  # "no such member in mapping: <key>"
+    TypeError: "no such overload",
+    ZeroDivisionError: "divide by zero",
+    OverflowError: "return error for overflow",
+    IndexError: "invalid_argument",
+    NameError: None,  # "undeclared reference to <name> ..."
+}
+
+
 def _checked_result(activation: Any, expression: Any) -> Any:
-    """celpy's ``result`` for transpiled code, with member access on null (``AttributeError``)
-    checked as well, so ``has(pod.metadata)`` on no Pod is false there as in the interpreter."""
+    """celpy's ``result`` for transpiled code: the expression's value, or the same ``CELEvalError``
+    (message, exception class, arguments) for the exceptions it maps, and member access on null
+    (``AttributeError``) checked as well, so ``has(pod.metadata)`` on no Pod is false there as in the
+    interpreter.
+
+    Unlike celpy's, the error carries no traceback and no cause: those held the frames of the whole
+    request (each frame its caller), a reference cycle through the error in ``result``'s own frame,
+    so every rule that met an error on its way (``tenant.limits.claims == null || ...``) left the
+    request's objects to the cyclic garbage collector, whose passes then cost more than the rules.
+    Nothing reads them: the rule's error is its message. An exception celpy would not map (a
+    subclass it does not list) propagates, and the interpreter decides, as with celpy's ``result``."""
     try:
-        return celpy.evaluation.result(activation, expression)
+        return expression(activation)
     except AttributeError as err:
         return CELEvalError("no such member", AttributeError, err.args)
+    except (ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError, IndexError, NameError) as err:
+        kind = type(err)
+        if kind not in _RESULT_ERRORS:
+            raise
+        message = _RESULT_ERRORS[kind]
+        if kind is KeyError:
+            message = f"no such member in mapping: {err.args[0]!r}"
+        elif kind is NameError:
+            message = f"undeclared reference to {err.args[0]!r} (in container {err.args[1:]!r})"
+        return CELEvalError(message, kind, err.args)
 
 
 def _transpiled_scope() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -177,3 +179,31 @@ def test_threads_do_not_see_each_others_activation() -> None:
     for t in threads:
         t.join(timeout=60)
     assert failures == []
+
+
+def test_a_rule_leaves_no_reference_cycle_to_the_request() -> None:
+    """A rule whose evaluation meets an error on its way (``tenant.limits.claims == null || ...``)
+    must not keep the request's frames alive for the cyclic garbage collector: the deciding frame's
+    objects go when it returns, with the collector off."""
+
+    class Marker:
+        pass
+
+    def decide(program: Any, values: dict[str, Any]) -> tuple[Any, weakref.ref[Marker]]:
+        marker = Marker()  # one of the request's objects, in a frame below the rule's
+        return outcome(lambda: program.evaluate(Activation(values))), weakref.ref(marker)
+
+    kept = []
+    gc.collect()
+    gc.disable()
+    try:
+        for expression in CORPUS:
+            program = compile_rule(expression, variables=RULE_VARIABLES)
+            for values in varied():
+                answer, marker = decide(program, values)
+                if answer[0] == "value" and marker() is not None:
+                    kept.append(expression)
+                    break
+    finally:
+        gc.enable()
+    assert kept == []
