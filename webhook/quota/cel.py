@@ -372,6 +372,7 @@ _RESULT_ERRORS: dict[type[BaseException], str | None] = {
     ZeroDivisionError: "divide by zero",
     OverflowError: "return error for overflow",
     IndexError: "invalid_argument",
+    UnicodeDecodeError: "invalid UTF-8",
     NameError: None,  # "undeclared reference to <name> ..."
 }
 

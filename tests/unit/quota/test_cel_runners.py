@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import weakref
 from typing import Any
 
+import celpy
 import pytest
 
 from bench.workload import TRUE_RULES
-from webhook.quota.cel import Activation, CelEvaluationError, compile_rule
+from webhook.quota.cel import Activation, CelEvaluationError, _checked_result, compile_rule
 from webhook.quota.policy import RULE_VARIABLES
 
 CORPUS = (
@@ -207,3 +209,42 @@ def test_a_rule_leaves_no_reference_cycle_to_the_request() -> None:
     finally:
         gc.enable()
     assert kept == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("overflow"),
+        KeyError("missing"),
+        TypeError("no overload"),
+        ZeroDivisionError("division by zero"),
+        OverflowError("too big"),
+        IndexError("list index out of range"),
+        NameError("x", "container"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+        UnboundLocalError("y"),  # a NameError celpy does not list
+        json.JSONDecodeError("bad", "doc", 0),  # a ValueError celpy does not list
+        AttributeError("no such member"),  # member access on null: ours maps it, celpy's raises
+        RuntimeError("other"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_the_transpiled_codes_errors_are_celpys(error: BaseException) -> None:
+    """The error value each exception of an expression becomes is celpy's ``result``'s (message,
+    class, arguments); what celpy lets propagate propagates, so the interpreter answers."""
+
+    def fails(_activation: Any) -> Any:
+        raise error
+
+    def answer(result: Any) -> Any:
+        try:
+            value = result(None, fails)
+        except BaseException:  # celpy's propagates as a KeyError of its table, ours as it came
+            return ("raised",)
+        return ("value", value.args)
+
+    ours = answer(_checked_result)
+    if isinstance(error, AttributeError):
+        assert ours == ("value", ("no such member", AttributeError, error.args))
+    else:
+        assert ours == answer(celpy.evaluation.result)
