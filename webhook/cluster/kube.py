@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import urllib3
@@ -241,6 +242,9 @@ class KubeCluster:
         self.page_size = page_size
         self._transport = transport
         self._namespace_generation = 0
+        self._deviceclass_generation = 0
+        # (generation it was built at, extended resource name -> DeviceClass): read twice per Pod review
+        self._native: tuple[int, Mapping[str, str]] = (-1, MappingProxyType({}))
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
 
@@ -278,6 +282,7 @@ class KubeCluster:
             "nodes": self.nodes,
         }
         self.namespaces_informer.subscribe(self._namespace_changed)
+        self.deviceclasses.subscribe(self._deviceclass_changed)
 
     @classmethod
     def from_environment(cls, namespace: str, *, kubeconfig: str | None = None) -> KubeCluster:
@@ -338,7 +343,17 @@ class KubeCluster:
         found = self.namespaces_informer.peek(("", name))
         return dict(found["metadata"]["labels"]) if found is not None else None
 
+    def _deviceclass_changed(self, _event: EventType, _deviceclass: dict[str, Any]) -> None:
+        self._deviceclass_generation += 1  # runs under the informer's lock
+
     def native_extended_resources(self) -> Mapping[str, str]:
+        """Built once per change of the DeviceClasses (read-only): the generation is read before
+        the classes, so a change while building leaves a map that the next call builds again."""
+        generation = self._deviceclass_generation
+        built, native = self._native
+        if built == generation:
+            return native
+
         def extended(cached: Mapping[Key, dict[str, Any]]) -> dict[str, str]:
             return {
                 dc["spec"]["extendedResourceName"]: name
@@ -346,7 +361,9 @@ class KubeCluster:
                 if (dc.get("spec") or {}).get("extendedResourceName")
             }
 
-        return self.deviceclasses.read(extended)
+        native = MappingProxyType(self.deviceclasses.read(extended))
+        self._native = (generation, native)
+        return native
 
     # -- templates -----------------------------------------------------------------------------
     def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:

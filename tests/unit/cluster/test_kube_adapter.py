@@ -545,7 +545,27 @@ def test_native_extended_resources_from_device_classes() -> None:
         obj("gpu.nvidia.com", namespace="", spec={"extendedResourceName": "nvidia.com/gpu"}),
         obj("plain", namespace="", spec={"selectors": []}),
     ]
-    assert synced(transport).native_extended_resources() == {"nvidia.com/gpu": "gpu.nvidia.com"}
+    cluster = synced(transport)
+    native = cluster.native_extended_resources()
+    assert native == {"nvidia.com/gpu": "gpu.nvidia.com"}
+    assert cluster.native_extended_resources() is native  # kept until the DeviceClasses change
+    with pytest.raises(TypeError):
+        native["amd.com/gpu"] = "mine"  # type: ignore[index]  # read-only: every Pod review shares it
+    changes = [
+        {"type": "ADDED", "object": obj("gpu.amd.com", namespace="", spec={"extendedResourceName": "amd.com/gpu"})},
+        {"type": "MODIFIED", "object": obj("gpu.nvidia.com", "2", namespace="", spec={"selectors": []})},
+        {"type": "MODIFIED", "object": obj("plain", "2", namespace="", spec={"extendedResourceName": "x.io/a"})},
+        {"type": "DELETED", "object": obj("gpu.amd.com", "3", namespace="")},
+    ]
+    expected = [
+        {"nvidia.com/gpu": "gpu.nvidia.com", "amd.com/gpu": "gpu.amd.com"},
+        {"amd.com/gpu": "gpu.amd.com"},
+        {"amd.com/gpu": "gpu.amd.com", "x.io/a": "plain"},
+        {"x.io/a": "plain"},
+    ]
+    for change, want in zip(changes, expected, strict=True):
+        cluster.deviceclasses.apply(change)
+        assert cluster.native_extended_resources() == want, change["type"]
 
 
 def test_get_template_reads_the_cache_then_the_apiserver() -> None:
