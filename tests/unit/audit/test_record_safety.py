@@ -35,3 +35,19 @@ def test_a_record_whose_fields_cannot_be_made_says_so_under_its_number() -> None
     [record] = sink.records()
     assert record["uid"] == "u-odd" and record["decision"] == "error" and record["reason"] == "audit-record-failed"
     assert record["seq"] == 1 and record["extra"] == {"httpStatus": 500}
+
+
+def test_text_in_any_script_is_written_as_it_is_and_reads_back_the_same() -> None:
+    sink = ListSink()
+    log = AuditLog(sink)
+    named = pod(container())
+    named["metadata"]["name"] = "gpu-für-チーム"
+    req = request(named, uid="u-2")
+    message = 'quota "über" 100 % — 日本語 \\ \t \x00 \U0001f600'
+    decision = Decision(webhook="mutate", response=allowed(req.uid), outcome="allowed", reason="x", message=message)
+    log.record(decision, req, 1e-7)
+    [line] = sink.lines
+    assert "gpu-für-チーム" in line and "\n" not in line.rstrip("\n")  # UTF-8 on one line, not escaped
+    record = json.loads(line)
+    assert record["name"] == "gpu-für-チーム" and record["message"] == message
+    assert record["latencyMs"] == round(1e-7 * 1000, 3) and record["seq"] == 1
