@@ -46,6 +46,51 @@ def test_what_no_apiserver_sends_is_refused(body: bytes, says: str) -> None:
     assert says in refused(body)
 
 
+def test_one_decoder_for_every_review_answers_as_a_decoder_of_its_own() -> None:
+    """The shared decoder's answer (document or refusal, word for word) is json.loads's with the
+    same hooks, over well-formed, malformed and interleaved documents."""
+    from webhook.admission import shapes
+
+    def fresh(body: bytes) -> Any:
+        try:
+            text = body.decode("utf-8")
+            return (
+                "document",
+                json.loads(text, parse_constant=shapes._constant, parse_int=shapes._integer, parse_float=shapes._float),
+            )
+        except MalformedReview as err:
+            return ("refused", str(err))
+        except ValueError as err:
+            return ("refused", f"body is not JSON: {err}")
+
+    def shared(body: bytes) -> Any:
+        try:
+            return ("document", parse_body(body))
+        except MalformedReview as err:
+            return ("refused", str(err))
+
+    bodies = [
+        json.dumps(
+            {"kind": "AdmissionReview", "request": {"object": pod(container(limits={"nvidia.com/gpu": 2}))}}
+        ).encode(),
+        b"\xef\xbb\xbf{}",  # a byte order mark
+        b'{"a": 1, "a": 2}',
+        b'{"a": [1, 2.5, -0.0, 1e308, true, null, "x"]}',
+        b" \n[] ",
+        b"",
+        b"{",
+        b'{"a": 1} {"b": 2}',
+        b'{"a": 00}',
+        b'{"a": NaN}',
+        b'{"a": 9223372036854775808}',
+        b'{"a": 1e400}',
+        b"nul",
+        b'"text"',
+    ]
+    for body in bodies * 2:  # each again after the others: nothing carries over between documents
+        assert shared(body) == fresh(body), body
+
+
 def test_a_valid_surrogate_pair_is_text() -> None:
     assert parse_body(b'{"name": "\\ud83d\\ude42"}') == {"name": "\U0001f642"}
 
@@ -100,6 +145,12 @@ def test_a_pod_as_the_apiserver_sends_it_passes() -> None:
             {"spec": {"devices": {"requests": [{"exactly": {"count": "1e3"}}]}}},
             'exactly.count: expected an integer, got "1e3"',
         ),
+        (
+            "ResourceClaim",
+            {"spec": {"devices": {"requests": [{"exactly": {"count": True}}]}}},
+            "exactly.count: expected an integer, got true",
+        ),
+        ("Pod", {"metadata": {"labels": {"a": "x", "b": False}}}, 'metadata.labels["b"]: expected a string, got false'),
         (
             "ResourceClaim",
             {"spec": {"devices": {"requests": [{"firstAvailable": [{"capacity": {"requests": 3}}]}]}}},
