@@ -29,7 +29,7 @@ import re
 import threading
 import types
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, cast
@@ -364,17 +364,19 @@ _environment_lock = threading.Lock()
 _per_thread = threading.local()
 
 
-# celpy's ``result``: the CEL error each Python exception of an expression becomes (the others propagate).
-_RESULT_ERRORS: dict[type[BaseException], str | None] = {
-    ValueError: "return error for overflow",
-    KeyError: None,  # "no such member in mapping: <key>"
-    TypeError: "no such overload",
-    ZeroDivisionError: "divide by zero",
-    OverflowError: "return error for overflow",
-    IndexError: "invalid_argument",
-    UnicodeDecodeError: "invalid UTF-8",
-    NameError: None,  # "undeclared reference to <name> ..."
+# celpy's ``result``: the message of the CEL error each Python exception of an expression becomes,
+# from the exception's arguments; an exception of another class (a subclass not listed) propagates.
+_RESULT_ERRORS: dict[type[BaseException], Callable[[tuple[Any, ...]], str]] = {
+    ValueError: lambda _: "return error for overflow",
+    KeyError: lambda args: f"no such member in mapping: {args[0]!r}",
+    TypeError: lambda _: "no such overload",
+    ZeroDivisionError: lambda _: "divide by zero",
+    OverflowError: lambda _: "return error for overflow",
+    IndexError: lambda _: "invalid_argument",
+    UnicodeDecodeError: lambda _: "invalid UTF-8",
+    NameError: lambda args: f"undeclared reference to {args[0]!r} (in container {args[1:]!r})",
 }
+_RESULT_CAUGHT = tuple(_RESULT_ERRORS)
 
 
 def _checked_result(activation: Any, expression: Any) -> Any:
@@ -393,16 +395,11 @@ def _checked_result(activation: Any, expression: Any) -> Any:
         return expression(activation)
     except AttributeError as err:
         return CELEvalError("no such member", AttributeError, err.args)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError, IndexError, NameError) as err:
-        kind = type(err)
-        if kind not in _RESULT_ERRORS:
+    except _RESULT_CAUGHT as err:
+        message = _RESULT_ERRORS.get(type(err))
+        if message is None:
             raise
-        message = _RESULT_ERRORS[kind]
-        if kind is KeyError:
-            message = f"no such member in mapping: {err.args[0]!r}"
-        elif kind is NameError:
-            message = f"undeclared reference to {err.args[0]!r} (in container {err.args[1:]!r})"
-        return CELEvalError(message, kind, err.args)
+        return CELEvalError(message(err.args), type(err), err.args)
 
 
 def _transpiled_scope() -> dict[str, Any]:
