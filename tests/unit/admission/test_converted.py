@@ -247,3 +247,47 @@ def test_a_model_pin_is_part_of_the_shape(index: CatalogueIndex, field: str, val
         answers.append(convert(pinned, index=index, namespace="team-a", native={}))
         assert answers[-1] == fresh(pinned, index)
     assert answers[0].templates != answers[1].templates  # the pins select other devices
+
+
+def _reordered(obj: dict[str, Any], first: list[str]) -> dict[str, Any]:
+    """``obj`` with the keys ``first`` (those it has) moved to the front, the rest in their order."""
+    return {**{k: obj[k] for k in first if k in obj}, **{k: v for k, v in obj.items() if k not in first}}
+
+
+def test_pods_differing_only_in_field_order_each_get_their_own_patch(index: CatalogueIndex) -> None:
+    """The patch lists its operations in the Pod's order of fields: a Pod whose levels, spec fields,
+    container fields or resource names come in another order is answered for that very order."""
+    index = CatalogueIndex(index.catalogue)
+    base = pod(
+        container("main", limits={"nvidia.com/gpu": "1", "cpu": "1"}, requests={"nvidia.com/gpu": "1"}),
+        annotations={"nvidia.com/use-gputype": "A100"},
+        initContainers=[container("init", limits={"nvidia.com/gpumem": "1024", "nvidia.com/gpu": "1"})],
+        resourceClaims=[{"name": "scratch", "resourceClaimName": "scratch"}],
+        nodeSelector={"pool": "gpu"},
+    )
+    variants = [base]
+    spec_orders = [
+        ["resourceClaims", "containers", "initContainers"],
+        ["containers", "nodeSelector", "initContainers", "resourceClaims"],
+        ["initContainers", "resourceClaims", "containers"],
+    ]
+    for order in spec_orders:
+        variant = copy.deepcopy(base)
+        variant["spec"] = _reordered(variant["spec"], order)
+        variants.append(variant)
+    flipped = copy.deepcopy(base)
+    flipped = _reordered(flipped, ["spec", "metadata"])
+    variants.append(flipped)
+    for c in ("containers", "initContainers"):
+        variant = copy.deepcopy(base)
+        variant["spec"][c] = [_reordered(item, ["resources", "name"]) for item in variant["spec"][c]]
+        for item in variant["spec"][c]:
+            item["resources"] = _reordered(item["resources"], ["requests"])
+            item["resources"]["limits"] = dict(reversed(list(item["resources"]["limits"].items())))
+        variants.append(variant)
+    patches = set()
+    for variant in variants * 2:  # the second round is answered from the memo
+        expected = fresh(variant, index)
+        assert convert(variant, index=index, namespace="team-a", native={}) == expected, json.dumps(variant)
+        patches.add(expected.patch)
+    assert len(patches) > 2  # the orders do reach the patch: the test can tell them apart
