@@ -451,6 +451,18 @@ class CatalogueIndex:
                     )
         return None
 
+    def knows_any(self, names: Iterable[str]) -> bool:
+        """Whether ``resource`` finds any of ``names``: the same test, without building matches (a
+        Pod's every review asks it of each container's limits and requests)."""
+        names = tuple(names)
+        if not self._resources.keys().isdisjoint(names):
+            return True
+        return any(
+            name.startswith(prefix) and pattern.fullmatch(name) is not None
+            for name in names
+            for prefix, pattern, _source, _entry in self._patterns
+        )
+
     def annotation(self, name: str) -> tuple[Source, LegacyName] | None:
         return self._annotations.get(name)
 

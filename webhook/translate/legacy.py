@@ -126,7 +126,8 @@ def mentions_legacy(pod: Mapping[str, Any], *, index: CatalogueIndex) -> bool:
         for container in spec.get(field_name) or []:
             resources = container.get("resources") or {}
             for section in ("limits", "requests"):
-                if any(index.resource(key) is not None for key in resources.get(section) or ()):
+                names = resources.get(section)
+                if names and index.knows_any(names):
                     return True
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     return any(index.annotation(key) is not None for key in annotations)

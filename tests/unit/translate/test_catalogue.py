@@ -215,3 +215,21 @@ def test_errors_name_the_field_and_the_value(override: dict[str, Any], fragments
 def test_unreadable_documents(text: str, fragment: str) -> None:
     with pytest.raises(CatalogueError, match=fragment):
         parse_document(text, origin="x.yaml")
+
+
+def test_knows_any_answers_as_resource_finds(index: CatalogueIndex) -> None:
+    """The yes/no test the request path asks of a container's names agrees with ``resource``, name
+    by name and for sets of names, over every exact name, names the patterns match, near misses
+    and names no catalogue knows."""
+    exact = [name for source in index.catalogue.sources for e in source.resources if (name := e.name) is not None]
+    patterned = ["nvidia.com/mig-1g.5gb", "nvidia.com/mig-3g.20gb", "nvidia.com/mig-7g.80gb", "nvidia.com/mig-2g.10gb"]
+    near = [n + "x" for n in exact] + [n[:-1] for n in exact] + [n.upper() for n in exact]
+    near += ["nvidia.com/mig-", "nvidia.com/mig-9g.5gb"]  # a pattern's prefix, not its match
+    others = ["cpu", "memory", "ephemeral-storage", "example.com/foo", "", "hugepages-2Mi"]
+    names = exact + patterned + near + others
+    assert any(index.resource(n) is not None for n in patterned), "the corpus holds names only a pattern finds"
+    for name in names:
+        assert index.knows_any([name]) == (index.resource(name) is not None), name
+        assert index.knows_any({name: "1", "cpu": "1"}) == (index.resource(name) is not None), name
+    assert not index.knows_any(others) and not index.knows_any([])
+    assert index.knows_any([*others, patterned[0]]) and index.knows_any([*others, exact[0]])
