@@ -38,18 +38,9 @@ class Decision:
     release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def answering(self, response: AdmissionResponse) -> Decision:
-        """This decision with another response (``dataclasses.replace``, spelled out: it is on every review's path)."""
-        return Decision(
-            webhook=self.webhook,
-            response=response,
-            outcome=self.outcome,
-            reason=self.reason,
-            message=self.message,
-            conversions=self.conversions,
-            templates_created=self.templates_created,
-            tenant=self.tenant,
-            quota=self.quota,
-            policy_version=self.policy_version,
-            extra=self.extra,
-            release=self.release,
-        )
+        """This decision with another response: ``dataclasses.replace``, as a copy of the fields
+        (it is on every review's path, and a frozen dataclass's ``__init__`` sets its twelve
+        fields one ``object.__setattr__`` at a time, three times the cost)."""
+        other = object.__new__(type(self))
+        vars(other).update(vars(self), response=response)  # frozen forbids setting fields, not this
+        return other
