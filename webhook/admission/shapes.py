@@ -137,6 +137,13 @@ class _Shape:
 class _Leaf(_Shape):
     types: tuple[type, ...]
     name: str
+    # The types themselves, tested by identity before ``holds``: what a JSON decoder makes is
+    # exactly str, int, float (``type(True)`` is bool, never int), and a call per field was most
+    # of a small Pod's shape check.
+    exact: frozenset[type] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exact", frozenset(self.types))
 
     def check(self, value: Any, where: Where) -> None:
         if not self.holds(value):
@@ -173,7 +180,7 @@ class _Fields(_Shape):
             if name not in value:
                 continue
             item = value[name]
-            if leaf is not None and (item is None or leaf.holds(item)):
+            if leaf is not None and (item is None or type(item) in leaf.exact or leaf.holds(item)):
                 continue
             shape.check(item, (where, step))
 
@@ -187,8 +194,9 @@ class _MapOf(_Shape):
             _wrong(where, "a mapping", value)
         values = self.values
         if isinstance(values, _Leaf):  # labels, annotations, limits: no path built for a value that fits
+            exact = values.exact
             for key, item in value.items():
-                if not values.holds(item):
+                if type(item) not in exact and not values.holds(item):
                     values.check(item, (where, (key,)))
             return
         for key, item in value.items():
