@@ -588,3 +588,44 @@ def test_a_device_class_asked_for_as_an_extended_resource_is_checked_at_pod_admi
     obj = pod(container(limits={"deviceclass.resource.kubernetes.io/whole.nvidia.dra-bridge.io": "3"}))
     decision = env.admission.validate(request(obj, namespace="ml-research"))
     assert decision.outcome == "denied" and "devices per Pod: requested 3" in decision.message
+
+
+class _Relabelled(InMemoryCluster):
+    """A namespace whose tenant label changes between any two reads (an admin relabelling it while
+    Pods are being created)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def namespace_labels(self, name: str) -> Any:
+        self.reads += 1
+        team = "convert-team" if self.reads % 2 else "observe-team"
+        return {"dra-bridge.io/tenant": team} if name == "shared" else super().namespace_labels(name)
+
+
+def test_a_pod_is_decided_from_one_reading_of_its_namespace(index: CatalogueIndex) -> None:
+    """Opt-out, rollout and the tenant recorded all come from the same labels: a namespace being
+    relabelled never yields a decision that is one tenant's rollout charged to another."""
+    cluster = _Relabelled()
+    cluster.add_namespace("shared")
+    quota = QuotaEnforcer(cluster=cluster, catalogue=lambda: index.catalogue)
+    quota.attach()
+    cluster.put_configmap(
+        policy_configmap(
+            {
+                "tenants": [
+                    {"name": "convert-team", "rollout": "convert", "limits": {"devices": {"*": 8}}},
+                    {"name": "observe-team", "rollout": "observe", "limits": {"devices": {"*": 8}}},
+                ],
+                "tenantLabel": "dra-bridge.io/tenant",
+            }
+        )
+    )
+    admission = Admission(cluster=cluster, catalogue=lambda: index, quota=quota)
+    seen = set()
+    for n in range(4):  # the reads before each decision shift which reading comes first
+        cluster.reads = n
+        decision = admission.mutate(request(pod(container("t", limits={"nvidia.com/gpu": "1"})), namespace="shared"))
+        seen.add((decision.reason, decision.tenant))
+    assert seen == {("converted", "convert-team"), ("observed", "observe-team")}

@@ -91,9 +91,11 @@ class Admission:
         self._bounded(pod)
         namespace = _namespace(request, pod)
         self._require_ready()
-        if self._skipped(pod, namespace):
+        # The namespace's labels, read once: opt-out, rollout and tenant are decided from one reading
+        labels = self._cluster.namespace_labels(namespace)
+        if self._skipped(pod, labels):
             return _allow("mutate", request, "opt-out")
-        rollout = self._rollout(namespace)
+        rollout = self._rollout(namespace, labels)
         if rollout == "off":
             return _allow("mutate", request, "rollout-off")
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
@@ -112,11 +114,11 @@ class Admission:
                 outcome="allowed",
                 reason="left-for-device-plugin",
                 message=left,
-                tenant=self._tenant_name(namespace),
+                tenant=self._tenant_name(namespace, labels),
             )
         if rollout == "observe":
             plan = rewrite_pod(pod, index=index, namespace=namespace, native=native)
-            return self._observed(request, plan, namespace, warnings)
+            return self._observed(request, plan, namespace, labels, warnings)
         for template in converted.templates:  # a dry run's Pod is checked against what the real create makes
             self._planned.remember(template)
         created = tuple(
@@ -131,7 +133,7 @@ class Admission:
             message=converted.message,
             conversions=converted.conversions,
             templates_created=created,
-            tenant=self._tenant_name(namespace),
+            tenant=self._tenant_name(namespace, labels),
         )
 
     def _left_for_device_plugin(self, pod: dict[str, Any], converted: Converted) -> str | None:
@@ -146,13 +148,21 @@ class Admission:
             "and publish no devices of the DRA drivers its claims would need"
         )
 
-    def _rollout(self, namespace: str) -> str:
-        """convert, observe or off: the namespace's setting, else its tenant's (policy ConfigMaps)."""
+    def _rollout(self, namespace: str, labels: Mapping[str, str] | None) -> str:
+        """convert, observe or off: the namespace's setting, else its tenant's (policy ConfigMaps);
+        ``labels`` are the namespace's."""
         if self.quota is None:
             return "convert"
-        return self.quota.policies.current.rollout_for(namespace, self._cluster.namespace_labels(namespace))
+        return self.quota.policies.current.rollout_for(namespace, labels)
 
-    def _observed(self, request: AdmissionRequest, plan: RewritePlan, namespace: str, warnings: list[str]) -> Decision:
+    def _observed(
+        self,
+        request: AdmissionRequest,
+        plan: RewritePlan,
+        namespace: str,
+        labels: Mapping[str, str] | None,
+        warnings: list[str],
+    ) -> Decision:
         """Observe mode: admit the Pod unchanged; say what would be converted and what quota would say."""
         for c in plan.conversions:
             legacy = ",".join(f"{k}={v}" for k, v in sorted(c.legacy.items()))
@@ -177,16 +187,20 @@ class Admission:
             reason="observed",
             message="; ".join(f"would convert {c.container}: {c.summary}" for c in plan.conversions),
             conversions=plan.conversions,
-            tenant=self._tenant_name(namespace),
+            tenant=self._tenant_name(namespace, labels),
             quota=figures,
             policy_version=version,
         )
 
-    def _tenant_name(self, namespace: str) -> str | None:
-        """The tenant a namespace belongs to, for the audit log and metrics (None without a policy)."""
+    def _tenant_name(self, namespace: str, labels: Mapping[str, str] | None = None) -> str | None:
+        """The tenant a namespace belongs to, for the audit log and metrics (None without a policy);
+        ``labels``, the namespace's, when the caller has read them."""
         if self.quota is None or not namespace:
             return None
-        tenant = self.quota.tenant_of(namespace)
+        if labels is None:
+            tenant = self.quota.tenant_of(namespace)
+        else:
+            tenant = self.quota.policies.current.tenant_for(namespace, labels)
         return tenant.name if tenant is not None else None
 
     def _require_ready(self) -> None:
@@ -204,9 +218,9 @@ class Admission:
                 "(DRA_BRIDGE_MAX_POD_CONTAINERS) so that no one review holds up the others"
             )
 
-    def _skipped(self, pod: dict[str, Any], namespace: str) -> bool:
-        labels = (pod.get("metadata") or {}).get("labels")
-        return opted_out(labels) or opted_out(self._cluster.namespace_labels(namespace))
+    def _skipped(self, pod: dict[str, Any], namespace_labels: Mapping[str, str] | None) -> bool:
+        """Whether the Pod or its namespace (``namespace_labels``) opted out of conversion."""
+        return opted_out((pod.get("metadata") or {}).get("labels")) or opted_out(namespace_labels)
 
     # -- validate ----------------------------------------------------------------------------
     def validate(self, request: AdmissionRequest) -> Decision:
@@ -268,9 +282,10 @@ class Admission:
         pod = _object(request)
         self._bounded(pod)
         namespace = _namespace(request, pod)
-        skipped = self._skipped(pod, namespace)  # opting out skips conversion, never quota
+        labels = self._cluster.namespace_labels(namespace)
+        skipped = self._skipped(pod, labels)  # opting out skips conversion, never quota
         native = self._cluster.native_extended_resources() if self._settings.leave_native else {}
-        if self._settings.require_conversion and not skipped and self._rollout(namespace) == "convert":
+        if self._settings.require_conversion and not skipped and self._rollout(namespace, labels) == "convert":
             converted = convert(pod, index=self._catalogue(), namespace=namespace, native=native)
             if converted.changed and self._left_for_device_plugin(pod, converted) is None:
                 names = sorted(converted.legacy | set(converted.removed_annotations))
