@@ -84,7 +84,9 @@ class Histogram:
     def observe(self, value: float, *labels: str) -> None:
         position = bisect.bisect_left(self.buckets, value)
         with self._lock:
-            counts = self._counts.setdefault(labels, [0] * (len(self.buckets) + 1))
+            counts = self._counts.get(labels)
+            if counts is None:  # not setdefault: its default would be built on every observation
+                counts = self._counts[labels] = [0] * (len(self.buckets) + 1)
             counts[position] += 1
             self._sums[labels] = self._sums.get(labels, 0.0) + value
 
