@@ -229,12 +229,17 @@ def audit_annotations(decision: Decision) -> dict[str, str]:
         notes["quota"] = f"{q.dimension}: requested {q.requested}, used {q.used}, limit {q.limit} ({q.policy})"
     if decision.policy_version:
         notes["policy-version"] = decision.policy_version
-    return {key: _cut(value, MAX_ANNOTATION) for key, value in notes.items()}
+    for key, value in notes.items():
+        if len(value) > MAX_ANNOTATION:
+            notes[key] = _cut(value, MAX_ANNOTATION)
+    return notes
 
 
 def annotated(decision: Decision) -> Decision:
     """``decision`` with ``audit_annotations`` merged into its response; keys the engine set itself win."""
-    notes = {**audit_annotations(decision), **(decision.response.audit_annotations or {})}
+    notes = audit_annotations(decision)
+    if decision.response.audit_annotations:
+        notes.update(decision.response.audit_annotations)
     return decision.answering(with_audit_annotations(decision.response, notes))
 
 
