@@ -48,6 +48,8 @@ def result(vegeta: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "--devices", "0",  # the inventory run has its own smoke test (test_inventory_bench_smoke.py)
         "--timeout", "10",
         "--ready-timeout", "120",
+        "--paired-rounds", "2",
+        "--paired-duration", "1",
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
@@ -88,6 +90,18 @@ def test_every_request_succeeded(result: dict[str, Any]) -> None:
               if a["success_ratio"] != 1.0 or a["requests"] == 0}  # fmt: skip
     assert not failed, failed
     assert result["figures"]["success_ratio_min"] == 1.0
+
+
+def test_the_paired_rounds_alternate_and_every_request_succeeded(result: dict[str, Any]) -> None:
+    paired = result["workloads"]["mutate_small"]["paired"]
+    assert [r["order"] for r in paired["rounds"]] == [["ceiling", "workload"], ["workload", "ceiling"]]
+    for r in paired["rounds"]:
+        assert r["success_ratio_min"] == 1.0 and r["ceiling_rps"] > 0 and r["workload_rps"] > 0, r
+        assert r["ratio"] == round(r["workload_rps"] / r["ceiling_rps"], 3)
+    figure = result["figures"]["paired_vs_ceiling"]["mutate_small"]
+    assert figure["ratios"] == [r["ratio"] for r in paired["rounds"]]
+    mutate = next(t for t in result["targets"] if t["target"].startswith("mutate throughput"))
+    assert "paired rounds" in mutate["target"] and mutate["value"] == figure["median_ratio"]
 
 
 def test_servers_were_ready_and_measured(result: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.run import split_by_capacity
+from bench.run import median, split_by_capacity
 
 
 def attack(*, rate: int | None, rps: float, success: float, failures: dict[str, int] | None = None) -> dict[str, Any]:
@@ -41,3 +41,10 @@ def test_fixed_rates_above_capacity_are_overloads_and_the_rest_must_succeed() ->
 def test_without_a_saturation_figure_every_attack_must_succeed() -> None:
     successes, overloaded = split_by_capacity({"w": {"attacks": {"rate_200": attack(rate=200, rps=10, success=0.5)}}})
     assert successes == [0.5] and overloaded == []
+
+
+def test_median_of_the_rounds() -> None:
+    assert median([0.8, 0.7, 0.9]) == 0.8
+    assert median([0.8, 0.7, 0.9, 0.75]) == 0.775  # the mean of the middle two
+    assert median([None, 0.7]) == 0.7  # a round without a figure is left out
+    assert median([None]) is None and median([]) is None
