@@ -585,6 +585,10 @@ class Runner:
                         got["ceiling"]["server_cpu_ms_per_request"], got["workload"]["server_cpu_ms_per_request"]
                     ),
                     "success_ratio_min": min(got["ceiling"]["success_ratio"], got["workload"]["success_ratio"]),
+                    "foreign_load_on_server_cpu": max(
+                        (g["foreign_load_on_server_cpu"] for g in got.values() if "foreign_load_on_server_cpu" in g),
+                        default=None,
+                    ),
                 }
             )
         return {
@@ -785,7 +789,7 @@ def figures_of(config: Config, results: dict[str, Any]) -> dict[str, Any]:
     foreign = [
         a["foreign_load_on_server_cpu"]
         for d in w.values()
-        for a in d.get("attacks", {}).values()
+        for a in [*d.get("attacks", {}).values(), *(d.get("paired") or {}).get("rounds", [])]
         if a.get("foreign_load_on_server_cpu") is not None
     ]
     figures["noise"] = {

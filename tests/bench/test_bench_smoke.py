@@ -98,6 +98,7 @@ def test_the_paired_rounds_alternate_and_every_request_succeeded(result: dict[st
     for r in paired["rounds"]:
         assert r["success_ratio_min"] == 1.0 and r["ceiling_rps"] > 0 and r["workload_rps"] > 0, r
         assert r["ratio"] == round(r["workload_rps"] / r["ceiling_rps"], 3)
+        assert r["foreign_load_on_server_cpu"] is None or r["foreign_load_on_server_cpu"] >= 0
     figure = result["figures"]["paired_vs_ceiling"]["mutate_small"]
     assert figure["ratios"] == [r["ratio"] for r in paired["rounds"]]
     mutate = next(t for t in result["targets"] if t["target"].startswith("mutate throughput"))
