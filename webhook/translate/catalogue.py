@@ -437,19 +437,18 @@ class CatalogueIndex:
         hit = self._resources.get(name)
         if hit is not None:
             return Match(source=hit[0], entry=hit[1])
-        for prefix, pattern, source, entry in self._patterns:
-            if name.startswith(prefix):
-                found = pattern.fullmatch(name)
-                if found is not None:
-                    groups = found.groupdict()
-                    return Match(
-                        source=source,
-                        entry=entry,
-                        profile=groups.get("profile"),
-                        slices=int(groups["slices"]) if groups.get("slices") else None,
-                        memory_gb=int(groups["memgb"]) if groups.get("memgb") else None,
-                    )
-        return None
+        patterned = self._pattern_for(name)
+        if patterned is None:
+            return None
+        found, source, entry = patterned
+        groups = found.groupdict()
+        return Match(
+            source=source,
+            entry=entry,
+            profile=groups.get("profile"),
+            slices=int(groups["slices"]) if groups.get("slices") else None,
+            memory_gb=int(groups["memgb"]) if groups.get("memgb") else None,
+        )
 
     def knows_any(self, names: Iterable[str]) -> bool:
         """Whether ``resource`` finds any of ``names``: the same test, without building matches (a
@@ -457,11 +456,16 @@ class CatalogueIndex:
         names = tuple(names)
         if not self._resources.keys().isdisjoint(names):
             return True
-        return any(
-            name.startswith(prefix) and pattern.fullmatch(name) is not None
-            for name in names
-            for prefix, pattern, _source, _entry in self._patterns
-        )
+        return any(self._pattern_for(name) is not None for name in names)
+
+    def _pattern_for(self, name: str) -> tuple[re.Match[str], Source, LegacyName] | None:
+        """The first pattern that matches ``name`` whole (tried only where its literal prefix does)."""
+        for prefix, pattern, source, entry in self._patterns:
+            if name.startswith(prefix):
+                found = pattern.fullmatch(name)
+                if found is not None:
+                    return found, source, entry
+        return None
 
     def annotation(self, name: str) -> tuple[Source, LegacyName] | None:
         return self._annotations.get(name)
