@@ -194,6 +194,23 @@ class PolicySet:
     sources: tuple[PolicySource, ...] = ()
     _by_namespace: Mapping[str, Tenant] = field(default_factory=dict)
     rollout_namespaces: Mapping[str, Rollout] = field(default_factory=dict)
+    # Derived from ``tenants`` (``__post_init__``), so that finding a namespace's tenant costs the
+    # same with ten tenants as with ten thousand: by name (the tenant label), and by one label of
+    # each selector (a selector matches only namespaces carrying every one of its labels).
+    _by_name: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+    _by_selector_label: Mapping[tuple[str, str], tuple[tuple[int, Tenant], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, Tenant] = {}
+        by_label: dict[tuple[str, str], list[tuple[int, Tenant]]] = {}
+        for position, tenant in enumerate(self.tenants):
+            by_name.setdefault(tenant.name, tenant)  # the first of a name, as a scan in order finds it
+            if tenant.selector:
+                by_label.setdefault(min(tenant.selector.items()), []).append((position, tenant))
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_selector_label", {k: tuple(v) for k, v in by_label.items()})
 
     def rollout_for(self, namespace: str, labels: Mapping[str, str] | None) -> Rollout:
         """What the conversion does in a namespace: its own setting, else its tenant's, else convert."""
@@ -209,19 +226,28 @@ class PolicySet:
         return ",".join(str(s) for s in self.sources) or "none"
 
     def tenant_for(self, namespace: str, labels: Mapping[str, str] | None) -> Tenant | None:
-        """The tenant of a namespace: an explicit list first, then the tenant label, then selectors;
-        namespaces in no tenant get the default (each namespace its own pool), else ``None``."""
+        """The tenant of a namespace: an explicit list first, then the tenant label, then selectors
+        (the first tenant, in policy order, whose selector the labels match); namespaces in no
+        tenant get the default (each namespace its own pool), else ``None``."""
         explicit = self._by_namespace.get(namespace)
         if explicit is not None:
             return explicit
         labels = labels or {}
         if self.tenant_label and self.tenant_label in labels:
-            for tenant in self.tenants:
-                if tenant.name == labels[self.tenant_label]:
-                    return tenant
-        for tenant in self.tenants:
-            if tenant.selector and all(labels.get(k) == v for k, v in tenant.selector.items()):
-                return tenant
+            named = self._by_name.get(labels[self.tenant_label])
+            if named is not None:
+                return named
+        if self._by_selector_label and labels:
+            first: tuple[int, Tenant] | None = None
+            for pair in labels.items():
+                for candidate in self._by_selector_label.get(pair, ()):
+                    if first is not None and candidate[0] >= first[0]:
+                        break  # each list is in policy order: the rest come later still
+                    if all(labels.get(k) == v for k, v in candidate[1].selector.items()):
+                        first = candidate
+                        break
+            if first is not None:
+                return first[1]
         if self.default is not None:
             return Tenant(
                 name=f"namespace:{namespace}",

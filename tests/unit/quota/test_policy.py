@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import POLICIES
-from webhook.quota.policy import PolicyError, PolicySource, build_policy_set, parse_policy_document
+from webhook.quota.policy import PolicyError, PolicySet, PolicySource, build_policy_set, parse_policy_document
 
 
 def doc(**body: object) -> str:
@@ -125,3 +126,48 @@ def test_a_device_limit_by_an_unknown_kind_names_the_field_and_value() -> None:
     ):
         Limits.model_validate({"devices": {"kind:gpus": 2}})
     assert Limits.model_validate({"devices": {"kind:whole": 2, "driver:gpu.*": 4}}).devices["kind:whole"] == 2
+
+
+def _scan(policies: PolicySet, listed: dict[str, str], namespace: str, labels: dict[str, str]) -> str | None:
+    """What a namespace's tenant is by the documented order, read off the tenants one by one."""
+    if namespace in listed:
+        return listed[namespace]
+    if policies.tenant_label and labels.get(policies.tenant_label) in {t.name for t in policies.tenants}:
+        return labels[policies.tenant_label]
+    for tenant in policies.tenants:
+        if tenant.selector and all(labels.get(k) == v for k, v in tenant.selector.items()):
+            return tenant.name
+    return f"namespace:{namespace}" if policies.default is not None else None
+
+
+def test_the_tenant_found_is_the_first_match_in_policy_order_whatever_the_number_of_tenants() -> None:
+    """The lookup is indexed (by name, by one label of each selector); it must find what a scan of
+    every tenant in order finds: selectors that overlap, share labels, name labels the namespace
+    lacks, a tenant label naming no tenant, explicit lists."""
+    rng = random.Random(7)
+    keys, values = ["team", "gpu", "env", "zone"], ["a", "b", "c"]
+    for round_ in range(40):
+        specs: list[dict[str, object]] = []
+        listed: dict[str, str] = {}
+        for i in range(rng.randint(1, 30)):
+            spec: dict[str, object] = {"name": f"t{i}"}
+            if rng.random() < 0.8:
+                spec["namespaceSelector"] = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(1, 3))}
+            if rng.random() < 0.2:
+                spec["namespaces"] = [f"listed-{i}"]
+                listed[f"listed-{i}"] = f"t{i}"
+            specs.append(spec)
+        body: dict[str, object] = {"tenants": specs}
+        if round_ % 2:
+            body["tenantLabel"] = "owner"
+        if round_ % 3:
+            body["default"] = {"limits": {"devices": {"gpu.dra-bridge.io": 1}}}
+        policies = build_policy_set([(PolicySource("p", "1"), parse_policy_document(doc(**body), origin="p"))])
+        for _ in range(200):
+            labels = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 4))}
+            if rng.random() < 0.3:
+                labels["owner"] = f"t{rng.randint(0, 40)}"
+            namespace = rng.choice(["ns", *(f"listed-{i}" for i in range(len(specs)))])
+            found = policies.tenant_for(namespace, labels)
+            expected = _scan(policies, listed, namespace, labels)
+            assert (found.name if found else None) == expected, (specs, namespace, labels)
