@@ -1,5 +1,6 @@
 """bench/e2e.py at toy scale: the real control plane, Pods created in every arm but the native mapping
 (no webhook, the bare webhook, the bare webhook that patches, dra-bridge, the MutatingAdmissionPolicy),
+one at a time and then interleaved (the webhook arms on at once, each confined to its namespaces),
 every response checked, the result file complete.
 
 Timing is not asserted. Like the end-to-end tests, skipped when the control plane cannot be built
@@ -37,6 +38,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--plain", str(PLAIN),
         "--warmup", str(WARMUP),
         "--reps", "1",
+        "--interleaved", "1",
         "--arms", "none,bare,bare-patch,bridge,map",
         "--quiet-wait", "2",
         "--out", str(out),
@@ -107,3 +109,28 @@ def test_summary_compares_every_arm_with_none(result: dict[str, Any]) -> None:
     assert result["control_plane"]["version"].startswith("v1.")
     assert result["control_plane"]["mutating_admission_policy"].startswith("admissionregistration.k8s.io/v1")
     assert "bench/e2e.py" in result["command"] and result["date"]
+
+
+def test_interleaved_arms_each_reached_only_their_own_namespaces(result: dict[str, Any]) -> None:
+    """In the interleaved round every arm is on at once: each GPU Pod must come back as its own arm
+    promises (converted by bridge and bare-patch, untouched by bare and none) and reach only its own
+    arm's webhooks, as many calls per Pod as when the arm runs alone."""
+    interleaved = result["interleaved"]
+    (round_,) = interleaved["rounds"]
+    arms = round_["arms"]
+    assert list(arms) == ["none", "bare", "bare-patch", "bridge"], list(arms)
+    for arm, entry in arms.items():
+        assert entry["pods"] == PODS and entry["failures"] == 0, (arm, entry)
+        assert entry["latency_ms"]["p50"] is not None and entry["latency_ms"]["p50"] > 0, arm
+    mutate = "pods.mutate.dra-bridge.io admit CREATE"
+    validate = "pods.validate.dra-bridge.io validating CREATE"
+    claims = "resourceclaims.validate.dra-bridge.io validating CREATE"
+    assert arms["none"]["calls_per_pod"] == {}, arms["none"]
+    assert arms["bare"]["calls_per_pod"] == {mutate: 1.0, validate: 1.0}, arms["bare"]
+    assert arms["bare-patch"]["calls_per_pod"] == {mutate: 1.0, validate: 1.0, claims: 1.0}, arms["bare-patch"]
+    assert arms["bridge"]["calls_per_pod"] == {mutate: 1.0, validate: 1.0, claims: 1.0}, arms["bridge"]
+    assert arms["bridge"]["self_decision_ms_mean"].keys() == {"mutate", "validate"}, arms["bridge"]
+    target = result["target"]
+    assert target["judged_on"] == "interleaved" and target["interleaved"]["median_ratio"] == round_["ratio"]
+    assert target["pass"] == (round_["ratio"] <= target["limit"])
+    assert [r["round"] for r in interleaved["log"]] == [1] and interleaved["log"][0]["order"] == list(arms)
