@@ -4,6 +4,7 @@
     python bench/profiling.py app --workload mutate_small    # pyinstrument: one process, no sockets
     python bench/profiling.py live --workload mutate_small   # cProfile in the real server under vegeta
     python bench/profiling.py paced --claims 100000 --devices 10000   # latency in one process at 200 req/s
+    python bench/profiling.py tenants                                 # finding a namespace's tenant, 10 to 10,000 tenants
 
 ``app`` sends AdmissionReviews straight into the ASGI app (FastAPI, the HTTP layer, the audit log,
 the engine; decisions run on the event loop, so one profiler sees the whole request). ``live`` runs bench/server.py on
@@ -357,6 +358,43 @@ def cmd_live(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def cmd_tenants(args: argparse.Namespace) -> None:
+    """Microseconds to find a namespace's tenant (``PolicySet.tenant_for``) among N tenants each chosen
+    by a namespace selector: the last tenant's selector, the tenant label, and no tenant (the default)."""
+    import functools
+    import timeit
+
+    import yaml
+
+    from webhook.quota.policy import PolicySource, build_policy_set, parse_policy_document
+
+    print(f"{'tenants':>8} {'by selector (last)':>19} {'by tenant label':>16} {'none: default':>14}   us per lookup")
+    for count in args.counts:
+        specs = [{"name": f"t{i}", "namespaceSelector": {"team": f"team-{i}"}} for i in range(count)]
+        document = {
+            "apiVersion": "dra-bridge.io/v1alpha1",
+            "kind": "QuotaPolicy",
+            "tenantLabel": "owner",
+            "tenants": specs,
+            "default": {"limits": {"devices": {"gpu.dra-bridge.io": 1}}},
+        }
+        policies = build_policy_set(
+            [(PolicySource("bench", "1"), parse_policy_document(yaml.safe_dump(document), origin="bench"))]
+        )
+        cases = (
+            {"team": f"team-{count - 1}", "kubernetes.io/metadata.name": "ns"},
+            {"owner": f"t{count - 1}", "kubernetes.io/metadata.name": "ns"},
+            {"kubernetes.io/metadata.name": "ns"},
+        )
+        figures = []
+        for labels in cases:
+            number = max(20, 200_000 // count)
+            lookup = functools.partial(policies.tenant_for, "ns", labels)
+            best = min(timeit.repeat(lookup, number=number, repeat=5))
+            figures.append(best / number * 1e6)
+        print(f"{count:>8} {figures[0]:>19.2f} {figures[1]:>16.2f} {figures[2]:>14.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -389,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     live.add_argument("--python", default=sys.executable)
     live.add_argument("--keep", help="copy the pstats file here")
     live.set_defaults(func=cmd_live)
+    tenants = sub.add_parser("tenants")
+    tenants.add_argument("--counts", type=int, nargs="+", default=[10, 1000, 10000])
+    tenants.set_defaults(func=cmd_tenants)
     args = parser.parse_args(argv)
     if args.command == "seed" and args.claims == 0:
         args.claims = 20000
