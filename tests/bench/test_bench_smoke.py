@@ -105,6 +105,27 @@ def test_the_paired_rounds_alternate_and_every_request_succeeded(result: dict[st
     assert "paired rounds" in mutate["target"] and mutate["value"] == figure["median_ratio"]
 
 
+def test_the_quota_p99_is_compared_in_alternating_rounds_with_both_servers_alive(result: dict[str, Any]) -> None:
+    """The p99 with the most claims against the fewest: rounds at the first rate, alternating the two
+    servers (the fewest first in even rounds), every request answered, and the target reading the
+    median of the rounds' ratios."""
+    pair = result["workloads"]["validate_claims_1000"]["paired_p99"]
+    assert pair["compared_with"] == "validate_claims_0" and pair["rate"] == 50
+    assert [r["order"] for r in pair["rounds"]] == [
+        ["validate_claims_0", "validate_claims_1000"],
+        ["validate_claims_1000", "validate_claims_0"],
+    ]
+    for r in pair["rounds"]:
+        assert r["success_ratio_min"] == 1.0, r
+        assert r["p99_ms"] > 0 and r["p99_ms_other"] > 0 and r["ratio"] == round(r["p99_ms"] / r["p99_ms_other"], 3)
+    figure = result["figures"]["quota"]["paired"]
+    assert figure["ratios"] == [r["ratio"] for r in pair["rounds"]]
+    quota = next(t for t in result["targets"] if t["target"].startswith("quota p99"))
+    assert "paired rounds" in quota["target"] and quota["value"] == figure["median_ratio"]
+    # the base server stayed up for the rounds, and stopped with the run
+    assert result["servers"]["claims-0"]["exit_code"] is not None
+
+
 def test_servers_were_ready_and_measured(result: dict[str, Any]) -> None:
     for name in ("claims-0", "claims-1000", "rules-2"):
         server = result["servers"][name]

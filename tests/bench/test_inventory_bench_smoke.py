@@ -33,6 +33,8 @@ def result(vegeta: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "--only", "validate_claims_1000,validate_inventory",
         "--timeout", "10",
         "--ready-timeout", "120",
+        "--paired-rounds", "2",
+        "--paired-duration", "1",
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
@@ -66,3 +68,15 @@ def test_the_inventory_figures_and_targets_are_there(result: dict[str, Any]) -> 
     targets = {t["target"]: t for t in result["targets"]}
     judged = [t for name, t in targets.items() if "80 devices" in name]
     assert len(judged) == 2 and all(isinstance(t["pass"], bool) and t["margin"] is not None for t in judged), judged
+
+
+def test_the_inventory_p99_is_compared_in_alternating_rounds(result: dict[str, Any]) -> None:
+    """With and without the inventory, both servers alive, rounds in alternating order; the target
+    reads the median of the rounds' ratios."""
+    pair = result["workloads"]["validate_inventory"]["paired_p99"]
+    assert pair["compared_with"] == "validate_claims_1000"
+    assert [r["order"][0] for r in pair["rounds"]] == ["validate_claims_1000", "validate_inventory"]
+    assert all(r["success_ratio_min"] == 1.0 for r in pair["rounds"]), pair["rounds"]
+    figure = result["figures"]["inventory"]["paired"]
+    judged = next(t for t in result["targets"] if t["target"].startswith("claim validation p99"))
+    assert "paired rounds" in judged["target"] and judged["value"] == figure["median_ratio"]
