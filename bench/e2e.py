@@ -913,7 +913,8 @@ def summarize_interleaved(rows: list[Row], arms: list[str]) -> dict[str, Any]:
     (the same seconds of the same machine, so a drift between rounds cancels), and the ratio of what
     dra-bridge adds to what the bare webhook (and the bare webhook that patches) adds; over the
     rounds, each arm's latency pooled and the median of the per-round ratios. A round where the
-    bare webhook adds nothing at p50 gives the ratio +inf: it counts against dra-bridge."""
+    bare webhook adds nothing at p50 has no ratio (``None``, marked unbounded) and counts as +inf in
+    the median: against dra-bridge. A median that is +inf is written as ``None``."""
     rounds: list[dict[str, Any]] = []
     for n in sorted({r.rep for r in rows}):
         mine = {r.arm: r for r in rows if r.rep == n}
@@ -946,7 +947,9 @@ def summarize_interleaved(rows: list[Row], arms: list[str]) -> dict[str, Any]:
             if "bridge" in entry["arms"] and bare_arm in entry["arms"]:
                 bridge, bare = entry["arms"]["bridge"]["added_ms_p50"], entry["arms"][bare_arm]["added_ms_p50"]
                 if bridge is not None and bare is not None:
-                    entry[key] = round(bridge / bare, 2) if bare > 0 else math.inf
+                    entry[key] = round(bridge / bare, 2) if bare > 0 else None
+                    if bare <= 0:
+                        entry[f"{key}_unbounded"] = True
         rounds.append(entry)
     pooled: dict[str, Any] = {}
     base = stats([s.latency for r in rows if r.arm == "none" for s in r.samples])
@@ -962,9 +965,10 @@ def summarize_interleaved(rows: list[Row], arms: list[str]) -> dict[str, Any]:
         }
     out: dict[str, Any] = {"rounds": rounds, "arms": pooled}
     for key in ("ratio", "ratio_vs_bare_patch"):
-        values = [r[key] for r in rounds if key in r]
+        values = [math.inf if r[key] is None else r[key] for r in rounds if key in r]
         if values:
-            out[f"median_{key}"] = statistics.median(values)
+            middle = statistics.median(values)
+            out[f"median_{key}"] = None if math.isinf(middle) else round(middle, 2)
     return out
 
 
@@ -995,7 +999,7 @@ def target(summary: dict[str, Any], interleaved: dict[str, Any] | None = None) -
             "rounds_vs_bare_patch": [r.get("ratio_vs_bare_patch") for r in interleaved["rounds"]],
             "median_ratio_vs_bare_patch": interleaved.get("median_ratio_vs_bare_patch"),
         }
-        out["pass"] = median <= TARGET_BRIDGE_VS_BARE_P50
+        out["pass"] = median is not None and median <= TARGET_BRIDGE_VS_BARE_P50
         out["judged_on"] = "interleaved"
     return out
 
