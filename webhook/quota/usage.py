@@ -239,10 +239,33 @@ class UsageLedger:
             self._release(namespace, token)
 
     def _expire(self) -> None:
+        """Give back every reservation past its expiry. What expires together (a burst admitted
+        together whose claims never appeared) is given back per namespace and charge, not one
+        subtraction per reservation: the decision that finds 50,000 expired paid 0.19 s for them
+        in process, and a server's queue at 200 requests per second behind it."""
         now = self.clock()
-        while self._expiry and self._expiry[0][0] <= now:
-            _, namespace, token = self._expiry.popleft()
-            self._release(namespace, token)  # a no-op if it was confirmed already
+        expiry = self._expiry
+        if not expiry or expiry[0][0] > now:
+            return
+        gone: dict[str, dict[int, tuple[Charge, int]]] = {}
+        while expiry and expiry[0][0] <= now:
+            _, namespace, token = expiry.popleft()
+            pending = self._reservations.get(namespace)
+            reservation = pending.pop(token, None) if pending is not None else None
+            if reservation is None:
+                continue  # confirmed or released already
+            groups = gone.setdefault(namespace, {})
+            found = groups.get(id(reservation.charge))  # the claims of one shape share one charge
+            groups[id(reservation.charge)] = (reservation.charge, found[1] + 1 if found else 1)
+        for namespace, groups in gone.items():
+            if not self._reservations.get(namespace):  # every one of them expired: nothing left to count
+                self._reservations.pop(namespace, None)
+                self._reserved.pop(namespace, None)
+                continue
+            left = self._reserved[namespace]
+            for expired, count in groups.values():
+                left = left - expired.times(count)
+            self._reserved[namespace] = left
 
     def _release(self, namespace: str, token: int) -> None:
         pending = self._reservations.get(namespace)
