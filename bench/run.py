@@ -572,10 +572,23 @@ class Runner:
 
         The p99 of a validation near a millisecond moves with the machine by more than the 10 % the
         quota targets allow: measured on servers run minutes apart, the same comparison gave 0.88 and
-        1.80 in two runs of the same code.
+        1.80 in two runs of the same code. Both servers first get an unrecorded warm-up at the rate:
+        the compared one has sat idle for minutes, and ``w``'s own last attack saturated it (without
+        a warm-up, the first round's p99 was 139-800 ms on one side or the other, the rest 1.3-2.8).
         """
         c = self.config
         rate = c.rates[0]
+        for wl, target in ((other, other_server), (w, server)):
+            needed = int(rate * c.warmup * 1.05) + 10
+            targets = self.targets.for_attack(wl.body, target.url + wl.path, f"{wl.server}-p99-warmup", needed)
+            warm = self.measure(
+                Attack(f"{w.name}-p99-warmup-{wl.name}", targets, rate, c.warmup, None, c.request_timeout),
+                target,
+                wl.expect,
+            )
+            if wl.body.startswith("claims"):
+                self.targets.discard(targets)
+            self.progress(f"  {w.name:<22} p99 warm-up {wl.name:<22} p99 {warm['latency_ms']['p99']} ms\n")
         rounds: list[dict[str, Any]] = []
         for n in range(c.paired_rounds):
             sides: list[tuple[str, Workload, Server]] = [("other", other, other_server), ("workload", w, server)]
