@@ -48,3 +48,10 @@ def test_median_of_the_rounds() -> None:
     assert median([0.8, 0.7, 0.9, 0.75]) == 0.775  # the mean of the middle two
     assert median([None, 0.7]) == 0.7  # a round without a figure is left out
     assert median([None]) is None and median([]) is None
+
+
+def test_the_paired_p99_rounds_wait_for_the_servers_own_reservation_ttl() -> None:
+    from bench.run import RESERVATION_TTL
+    from webhook.serving.settings import Settings
+
+    assert Settings.model_fields["quota_reservation_ttl_seconds"].default == RESERVATION_TTL
