@@ -6,7 +6,11 @@ observations a decision looks at stays bounded by what happened in its own names
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from webhook.quota.charge import Pricer
 from webhook.quota.devices import catalogue_snapshot
@@ -16,6 +20,25 @@ from webhook.translate.catalogue import CatalogueIndex
 SPEC: dict[str, Any] = {
     "devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "whole.nvidia.dra-bridge.io", "count": 2}}]}
 }
+
+
+@contextlib.contextmanager
+def counted_arithmetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Count the additions and subtractions of charges made inside the block (``[count]``)."""
+    from webhook.quota import charge as charge_module
+
+    count = [0]
+    original = charge_module.Charge._combine
+
+    def counting(self: Any, other: Any, sign: int) -> Any:
+        count[0] += 1
+        return original(self, other, sign)
+
+    monkeypatch.setattr(charge_module.Charge, "_combine", counting)
+    try:
+        yield count
+    finally:
+        monkeypatch.undo()
 
 
 def test_claims_of_one_shape_share_one_charge(index: CatalogueIndex) -> None:
@@ -108,21 +131,12 @@ def test_a_decision_does_not_walk_other_namespaces_reservations(index: Catalogue
         ledger.admit(
             namespace=f"other-{i}", namespaces=[f"other-{i}"], requested=one, fits=lambda _: True, reserve=True
         )
-    additions = 0
-    original = charge_module.Charge._combine
-
-    def counting(self: Any, other: Any, sign: int) -> Any:
-        nonlocal additions
-        additions += 1
-        return original(self, other, sign)
-
-    monkeypatch.setattr(charge_module.Charge, "_combine", counting)
-    ok, usage, _token = ledger.admit(
-        namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True
-    )
+    with counted_arithmetic(monkeypatch) as additions:
+        ok, usage, _token = ledger.admit(
+            namespace="mine", namespaces=["mine"], requested=one, fits=lambda _: True, reserve=True
+        )
     assert ok and usage.claims == 0
-    assert additions <= 3  # the namespace's claims and reservations, and the new reservation
-    monkeypatch.undo()
+    assert additions[0] <= 3  # the namespace's claims and reservations, and the new reservation
     assert ledger.reservation_count == 5001
     now[0] += 31
     assert ledger.reservation_count == 0 and ledger.usage(["other-7"]).claims == 0
@@ -179,20 +193,11 @@ def test_reservations_that_expire_together_are_given_back_per_charge_not_one_by_
     now[0] = 10.0
     reserve("burst", a, 3)  # still live when the others expire
     now[0] = 31.0
-    combines = 0
-    original = charge_module.Charge._combine
-
-    def counting(self: Any, other: Any, sign: int) -> Any:
-        nonlocal combines
-        combines += 1
-        return original(self, other, sign)
-
-    monkeypatch.setattr(charge_module.Charge, "_combine", counting)
-    ok, usage, _token = ledger.admit(
-        namespace="burst", namespaces=["burst"], requested=a, fits=lambda _: True, reserve=False
-    )
-    monkeypatch.undo()
-    assert combines <= 6, combines  # per namespace and charge (two), and the usage sum: not 3,500
+    with counted_arithmetic(monkeypatch) as combines:
+        ok, usage, _token = ledger.admit(
+            namespace="burst", namespaces=["burst"], requested=a, fits=lambda _: True, reserve=False
+        )
+    assert combines[0] <= 6, combines  # per namespace and charge (two), and the usage sum: not 3,500
     assert ok and usage == a.times(3)
     assert ledger.reservation_count == 3 and ledger.usage(["gone"]) == ledger.usage([])
     now[0] = 41.0
