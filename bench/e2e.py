@@ -1327,13 +1327,8 @@ class Bench:
         return server
 
     def self_counts(self) -> dict[str, float]:
-        if self.active == "bridge" and self.bridge is not None:
-            return bridge_decisions(self.bridge)
-        if self.active in ("bare", "bare-patch"):
-            server = self.server(self.active)
-            assert isinstance(server, BareWebhook)
-            return {k: float(v) for k, v in server.counts().items()}
-        return {}
+        """What the active arm's webhook server counted itself (nothing for the arms without one)."""
+        return self.counts_of(self.active) if self.active in WEBHOOK_ARMS else {}
 
     def enter(self, arm: str) -> float:
         assert self.bridge is not None and self.bare is not None and self.kube is not None and self.api is not None
@@ -1347,14 +1342,7 @@ class Bench:
         if arm in ("bridge", "bare-patch"):
             wait(lambda: api.probe_converted(ns), 60, f"the apiserver to call the {arm} webhook")
         elif arm == "bare":
-            bare = self.bare
-
-            def called() -> bool:
-                before = bare.counts().get("/mutate", 0)
-                api.probe_converted(ns)
-                return bare.counts().get("/mutate", 0) > before
-
-            wait(called, 60, "the apiserver to call the bare webhook")
+            wait(functools.partial(self.reaches_bare, ns), 60, "the apiserver to call the bare webhook")
         elif arm == "map":
             assert self.map_version is not None
             self.kube.apply(map_manifests(self.map_version))
