@@ -590,15 +590,9 @@ class Runner:
         self.progress(f"  {w.name:<22} p99 rounds after the reservations' TTL ({ttl:g} s) ...\n")
         time.sleep(ttl + 2.0)
         for wl, target in ((other, other_server), (w, server)):
-            needed = int(rate * c.warmup * 1.05) + 10
-            targets = self.targets.for_attack(wl.body, target.url + wl.path, f"{wl.server}-p99-warmup", needed)
-            warm = self.measure(
-                Attack(f"{w.name}-p99-warmup-{wl.name}", targets, rate, c.warmup, None, c.request_timeout),
-                target,
-                wl.expect,
+            warm = self.attack_once(
+                f"{w.name}-p99-warmup-{wl.name}", wl, target, rate, c.warmup, key=f"{wl.server}-p99-warmup"
             )
-            if wl.body.startswith("claims"):
-                self.targets.discard(targets)
             self.progress(f"  {w.name:<22} p99 warm-up {wl.name:<22} p99 {warm['latency_ms']['p99']} ms\n")
         rounds: list[dict[str, Any]] = []
         for n in range(c.paired_rounds):
@@ -607,13 +601,10 @@ class Runner:
                 sides.reverse()
             got: dict[str, dict[str, Any]] = {}
             for side, wl, target in sides:
-                needed = int(rate * c.paired_duration * 1.05) + 10
-                targets = self.targets.for_attack(wl.body, target.url + wl.path, f"{wl.server}-p99-{n}", needed)
-                attack = Attack(f"{w.name}-p99-{n}-{side}", targets, rate, c.paired_duration, None, c.request_timeout)
                 self.progress(f"  {w.name:<22} p99 round {n} {wl.name:<22} ...")
-                got[side] = self.measure(attack, target, wl.expect)
-                if wl.body.startswith("claims"):
-                    self.targets.discard(targets)
+                got[side] = self.attack_once(
+                    f"{w.name}-p99-{n}-{side}", wl, target, rate, c.paired_duration, key=f"{wl.server}-p99-{n}"
+                )
                 lat = got[side]["latency_ms"]
                 self.progress(f"\r  {w.name:<22} p99 round {n} {wl.name:<22} p50 {lat['p50']}  p99 {lat['p99']} ms\n")
             rounds.append(
@@ -622,11 +613,7 @@ class Runner:
                     "p99_ms": got["workload"]["latency_ms"]["p99"],
                     "p99_ms_other": got["other"]["latency_ms"]["p99"],
                     "ratio": ratio(got["workload"]["latency_ms"]["p99"], got["other"]["latency_ms"]["p99"]),
-                    "success_ratio_min": min(got["other"]["success_ratio"], got["workload"]["success_ratio"]),
-                    "foreign_load_on_server_cpu": max(
-                        (g["foreign_load_on_server_cpu"] for g in got.values() if "foreign_load_on_server_cpu" in g),
-                        default=None,
-                    ),
+                    **round_health(got),
                 }
             )
         return {
@@ -636,6 +623,20 @@ class Runner:
             "rounds": rounds,
             "median_ratio": median([r["ratio"] for r in rounds]),
         }
+
+    def attack_once(
+        self, name: str, wl: Workload, target: Server, rate: int, duration: float, *, key: str
+    ) -> dict[str, Any]:
+        """One attack of ``wl``'s body at ``rate`` on ``target``, outside its own sequence; distinct
+        claims (``key`` names them) are never sent again."""
+        needed = int(rate * duration * 1.05) + 10
+        targets = self.targets.for_attack(wl.body, target.url + wl.path, key, needed)
+        figures = self.measure(
+            Attack(name, targets, rate, duration, None, self.config.request_timeout), target, wl.expect
+        )
+        if wl.body.startswith("claims"):
+            self.targets.discard(targets)
+        return figures
 
     def paired(self, w: Workload, server: Server, ceiling: Server) -> dict[str, Any]:
         """``w`` and its ceiling at saturation in alternating rounds (the ceiling first in even
@@ -674,11 +675,7 @@ class Runner:
                     "cpu_ratio": ratio(
                         got["ceiling"]["server_cpu_ms_per_request"], got["workload"]["server_cpu_ms_per_request"]
                     ),
-                    "success_ratio_min": min(got["ceiling"]["success_ratio"], got["workload"]["success_ratio"]),
-                    "foreign_load_on_server_cpu": max(
-                        (g["foreign_load_on_server_cpu"] for g in got.values() if "foreign_load_on_server_cpu" in g),
-                        default=None,
-                    ),
+                    **round_health(got),
                 }
             )
         return {
@@ -769,6 +766,18 @@ def split_by_capacity(workloads: dict[str, Any]) -> tuple[list[float], list[dict
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
+
+
+def round_health(got: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Of one paired round's attacks: the lowest success ratio, and the most foreign load on the
+    server's CPU (None where it was not measured)."""
+    return {
+        "success_ratio_min": min(g["success_ratio"] for g in got.values()),
+        "foreign_load_on_server_cpu": max(
+            (g["foreign_load_on_server_cpu"] for g in got.values() if "foreign_load_on_server_cpu" in g),
+            default=None,
+        ),
+    }
 
 
 def median(values: list[float | None]) -> float | None:
